@@ -1,0 +1,55 @@
+# shipper: the two commands a new user needs are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+KAFKA_PORT ?= 9092
+export KAFKA_PORT
+
+.PHONY: help venv test test-fast lint demo bench kafka-up kafka-down clean
+
+help:
+	@echo "make demo        local Kafka + shipper on sample logs (Ctrl-C stops all)"
+	@echo "make test        create .venv, install, run the whole suite against a real broker"
+	@echo "make lint        ruff + mypy --strict"
+	@echo "make bench       throughput/latency/stall benchmarks beside kcat and rsyslog"
+	@echo "make kafka-up    start a local single-node Kafka (KRaft) on 127.0.0.1:$(KAFKA_PORT)"
+	@echo "make kafka-down  stop it"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test,dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# The test session starts its own broker on a free port (or uses KAFKA_BOOTSTRAP) and
+# stops it at the end, even on failure.
+test: $(STAMP)
+	scripts/kafka-local fetch >/dev/null
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not kafka and not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check shipper tests bench scripts
+	$(BIN)/mypy
+
+demo: $(STAMP)
+	$(BIN)/python scripts/demo.py
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+kafka-up:
+	scripts/kafka-local start
+
+kafka-down:
+	scripts/kafka-local stop
+
+clean:
+	-scripts/kafka-local stop --purge
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,0 +1,113 @@
+"""Wires the stages together and owns the lifecycle: start, signals, drain, final ledger."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+from shipper import __version__
+from shipper.config import Config
+from shipper.kafka.sender import KafkaSender
+from shipper.ledger import Ledger
+from shipper.log import get_logger
+from shipper.metrics import MetricsServer
+from shipper.queue import DropQueue
+from shipper.systemd import notify
+from shipper.tail import Registry, Tailer
+
+__all__ = ["Daemon"]
+
+
+class Daemon:
+    """Builds every component from its own slice of the config and runs them."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.log = get_logger()
+        self.ledger = Ledger()
+        self.queue = DropQueue(cfg.queue, self.ledger)
+        self.registry = Registry(cfg.registry.path, cfg.registry.reserve,
+                                 cfg.registry.forget_after)
+        self.sender = KafkaSender(cfg.kafka, self.queue, self.ledger, self.log)
+        self.tailer = Tailer(cfg.inputs, cfg.tail, registry=self.registry, put=self.queue.put,
+                             ledger=self.ledger, log=self.log)
+        self.metrics: MetricsServer | None = None
+        self._stop = threading.Event()
+        self._signals = 0
+        self.state = "starting"
+
+    # Signal handlers only record state; the main loop acts on it.
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1 and signum == signal.SIGINT:
+            os._exit(130)  # a second Ctrl-C means now, as with uvicorn and gunicorn
+        self._stop.set()
+
+    def request_stop(self) -> None:
+        """Ask the daemon to stop (as SIGTERM does)."""
+        self._stop.set()
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """HTTP status and body for /health."""
+        doc: dict[str, Any] = {
+            "status": self.state,
+            "kafka_connected": self.sender.connected,
+            "registry_writable": not self.tailer.degraded,
+        }
+        if self.state == "running" and self.tailer.degraded:
+            doc["status"] = "degraded"
+        return (200 if self.state == "running" else 503), doc
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT; return the process exit code."""
+        cfg = self.cfg
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        if cfg.metrics.enabled:
+            self.metrics = MetricsServer(cfg.metrics.listen, self.ledger, self.health)
+            self.metrics.start()
+        self.sender.start()
+        self.tailer.start()
+        self.state = "running"
+        notify("READY=1")
+        self.log.info(
+            "shipper_started", version=__version__, pid=os.getpid(),
+            topic=cfg.kafka.topic, bootstrap=cfg.kafka.bootstrap_servers,
+            inputs=[i.paths for i in cfg.inputs],
+            metrics=self.metrics.address if self.metrics else None,
+        )
+        interval = cfg.log.stats_interval
+        next_stats = time.monotonic() + interval
+        while not self._stop.wait(min(1.0, interval)):
+            if time.monotonic() >= next_stats:
+                next_stats += interval
+                self.log.info("stats", **self.ledger.snapshot().as_log())
+        return self.shutdown()
+
+    def shutdown(self) -> int:
+        """Stop in pipeline order: reading, then drain to Kafka until the deadline."""
+        self.state = "draining"
+        notify("STOPPING=1")
+        started = time.monotonic()
+        deadline = started + self.cfg.shutdown.drain_timeout
+        self.log.info("shutdown_started", drain_timeout=self.cfg.shutdown.drain_timeout,
+                      queued=self.ledger.snapshot().queued_lines)
+        self.tailer.stop()
+        self.sender.stop(deadline)
+        left = self.queue.drop_all("shutdown")
+        with self.ledger.lock:  # anything the sender still held when it gave up
+            held, held_bytes = self.ledger.inflight_lines, self.ledger.inflight_bytes
+        if held:
+            self.ledger.dropped("shutdown", held, held_bytes)
+        if left or held:
+            self.log.warning("lines_dropped", reason="shutdown", count=left + held)
+        if self.metrics is not None:
+            self.metrics.stop()
+        snap = self.ledger.snapshot()
+        self.log.info("shutdown_complete", seconds=round(time.monotonic() - started, 3),
+                      **snap.as_log())
+        return 0

@@ -1,0 +1,222 @@
+"""The bounded in-memory queue between tailer and sender, and its drop policy.
+
+``put`` never blocks: when a chunk does not fit, the ``when_full`` policy decides which lines
+go, and they are counted as dropped (``queue_full``) under the same lock that decides it.
+Chunks (lists of lines) travel through it, never single lines.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from itertools import accumulate
+
+from shipper.config import QueueConfig
+from shipper.ledger import Ledger
+
+__all__ = ["DropQueue"]
+
+
+class _Chunk:
+    """A list of lines and the index of the first line not yet taken."""
+
+    __slots__ = ("lines", "nbytes", "start")
+
+    def __init__(self, lines: list[bytes], nbytes: int) -> None:
+        self.lines = lines
+        self.start = 0
+        self.nbytes = nbytes  # bytes of lines[start:]
+
+
+def _prefix_fitting(
+    lines: list[bytes], start: int, max_lines: int, max_bytes: int
+) -> tuple[int, int]:
+    """Return (count, nbytes) of the longest run of ``lines[start:]`` within both limits."""
+    end = min(len(lines), start + max_lines)
+    total = 0
+    count = 0
+    for total_after in accumulate(map(len, lines[start:end])):
+        if total_after > max_bytes:
+            break
+        total = total_after
+        count += 1
+    return count, total
+
+
+class DropQueue:
+    """Bounded by lines and bytes; drops newest or oldest on overflow; never blocks ``put``."""
+
+    def __init__(self, cfg: QueueConfig, ledger: Ledger) -> None:
+        self._max_lines = cfg.max_lines
+        self._max_bytes = cfg.max_bytes
+        self._drop_oldest = cfg.when_full == "drop_oldest"
+        self._ledger = ledger
+        self._lock = ledger.lock
+        self._nonempty = threading.Condition(self._lock)
+        self._chunks: deque[_Chunk] = deque()
+        self._woken = False
+
+    @property
+    def lines(self) -> int:
+        """Lines waiting in the queue (not counting what the sender holds)."""
+        return self._ledger.queue_lines
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes waiting in the queue."""
+        return self._ledger.queue_bytes
+
+    def put(self, lines: list[bytes], nbytes: int) -> None:
+        """Count ``lines`` as read and queue them; drop per policy what does not fit."""
+        n = len(lines)
+        if not n:
+            return
+        led = self._ledger
+        with self._lock:
+            led.read_lines += n
+            led.read_bytes += nbytes
+            if (
+                led.queue_lines + n <= self._max_lines
+                and led.queue_bytes + nbytes <= self._max_bytes
+            ):
+                self._append(lines, nbytes)
+            elif self._drop_oldest:
+                self._put_dropping_oldest(lines, nbytes)
+            else:
+                self._put_dropping_newest(lines, nbytes)
+
+    def _append(self, lines: list[bytes], nbytes: int) -> None:
+        led = self._ledger
+        self._chunks.append(_Chunk(lines, nbytes))
+        led.queue_lines += len(lines)
+        led.queue_bytes += nbytes
+        self._nonempty.notify()
+
+    def _drop(self, lines: int, nbytes: int) -> None:
+        led = self._ledger
+        led.dropped_lines["queue_full"] += lines
+        led.dropped_bytes["queue_full"] += nbytes
+
+    def _put_dropping_newest(self, lines: list[bytes], nbytes: int) -> None:
+        led = self._ledger
+        room_lines = self._max_lines - led.queue_lines
+        room_bytes = self._max_bytes - led.queue_bytes
+        k, kb = (0, 0) if room_lines <= 0 or room_bytes <= 0 else _prefix_fitting(
+            lines, 0, room_lines, room_bytes
+        )
+        if k:
+            self._append(lines[:k], kb)
+        self._drop(len(lines) - k, nbytes - kb)
+
+    def _put_dropping_oldest(self, lines: list[bytes], nbytes: int) -> None:
+        led = self._ledger
+        if len(lines) > self._max_lines or nbytes > self._max_bytes:
+            # The chunk alone is larger than the queue: keep its newest lines that fit.
+            rev = lines[::-1]
+            k, kb = _prefix_fitting(rev, 0, self._max_lines, self._max_bytes)
+            self._drop(len(lines) - k, nbytes - kb)
+            lines, nbytes = lines[len(lines) - k :], kb
+        chunks = self._chunks
+        while chunks and (
+            led.queue_lines + len(lines) > self._max_lines
+            or led.queue_bytes + nbytes > self._max_bytes
+        ):
+            head = chunks[0]
+            need_lines = led.queue_lines + len(lines) - self._max_lines
+            need_bytes = led.queue_bytes + nbytes - self._max_bytes
+            remaining = len(head.lines) - head.start
+            if need_lines >= remaining or need_bytes >= head.nbytes:
+                chunks.popleft()
+                cut, cut_bytes = remaining, head.nbytes
+            else:
+                cut = max(need_lines, 0)
+                cut_bytes = sum(map(len, head.lines[head.start : head.start + cut]))
+                while cut_bytes < need_bytes:
+                    cut_bytes += len(head.lines[head.start + cut])
+                    cut += 1
+                head.start += cut
+                head.nbytes -= cut_bytes
+            led.queue_lines -= cut
+            led.queue_bytes -= cut_bytes
+            self._drop(cut, cut_bytes)
+        if lines:
+            self._append(lines, nbytes)
+
+    def take(
+        self, max_lines: int, max_bytes: int, timeout: float, linger: float = 0.0
+    ) -> tuple[list[bytes], int]:
+        """Take up to the limits (at least one line if any), waiting up to ``timeout``.
+
+        When fewer lines than a full batch are waiting, wait up to ``linger`` for more.
+        The lines stay counted as queued until the caller settles them with
+        ``Ledger.sent`` or ``Ledger.dropped``. Returns ``([], 0)`` on timeout or ``wake``.
+        """
+        led = self._ledger
+        with self._lock:
+            if not led.queue_lines and not self._woken:
+                self._nonempty.wait(timeout)
+            if led.queue_lines and linger > 0 and not self._woken and (
+                led.queue_lines < max_lines and led.queue_bytes < max_bytes
+            ):
+                deadline = time.monotonic() + linger
+                while (
+                    not self._woken
+                    and led.queue_lines < max_lines
+                    and led.queue_bytes < max_bytes
+                ):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._nonempty.wait(left)
+            self._woken = False
+            if not led.queue_lines:
+                return [], 0
+            out: list[bytes] = []
+            out_bytes = 0
+            chunks = self._chunks
+            while chunks and len(out) < max_lines:
+                head = chunks[0]
+                remaining = len(head.lines) - head.start
+                if len(out) + remaining <= max_lines and out_bytes + head.nbytes <= max_bytes:
+                    out += head.lines[head.start :] if head.start else head.lines
+                    out_bytes += head.nbytes
+                    chunks.popleft()
+                    continue
+                k, kb = _prefix_fitting(
+                    head.lines, head.start, max_lines - len(out), max_bytes - out_bytes
+                )
+                if not k and not out:
+                    k, kb = 1, len(head.lines[head.start])  # always make progress
+                if k:
+                    out += head.lines[head.start : head.start + k]
+                    out_bytes += kb
+                    head.start += k
+                    head.nbytes -= kb
+                    if head.start == len(head.lines):
+                        chunks.popleft()
+                break
+            n = len(out)
+            led.queue_lines -= n
+            led.queue_bytes -= out_bytes
+            led.inflight_lines += n
+            led.inflight_bytes += out_bytes
+            return out, out_bytes
+
+    def wake(self) -> None:
+        """Make a waiting ``take`` return now (used at shutdown)."""
+        with self._lock:
+            self._woken = True
+            self._nonempty.notify_all()
+
+    def drop_all(self, reason: str) -> int:
+        """Drop everything still queued for ``reason``; return the number of lines."""
+        led = self._ledger
+        with self._lock:
+            n, b = led.queue_lines, led.queue_bytes
+            self._chunks.clear()
+            led.queue_lines = 0
+            led.queue_bytes = 0
+            led.dropped_lines[reason] = led.dropped_lines.get(reason, 0) + n
+            led.dropped_bytes[reason] = led.dropped_bytes.get(reason, 0) + b
+            return n

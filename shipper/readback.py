@@ -1,0 +1,75 @@
+"""Read back what was shipped: end offsets and records of a topic (for tests, demo and bench)."""
+
+from __future__ import annotations
+
+import time
+
+from kafka import KafkaConsumer, TopicPartition
+
+__all__ = ["end_offsets", "read_topic"]
+
+
+def _consumer(bootstrap: str) -> KafkaConsumer:
+    return KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        auto_offset_reset="earliest",
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+        request_timeout_ms=30_000,
+    )
+
+
+def _partitions(c: KafkaConsumer, topic: str, timeout: float) -> list[TopicPartition]:
+    deadline = time.monotonic() + timeout
+    while True:
+        parts = c.partitions_for_topic(topic)
+        if parts:
+            return [TopicPartition(topic, p) for p in sorted(parts)]
+        if time.monotonic() > deadline:
+            return []
+        time.sleep(0.2)
+
+
+def end_offsets(bootstrap: str, topic: str, timeout: float = 10.0) -> dict[int, int]:
+    """Return {partition: end offset} (0 partitions if the topic does not exist)."""
+    c = _consumer(bootstrap)
+    try:
+        tps = _partitions(c, topic, timeout)
+        if not tps:
+            return {}
+        return {tp.partition: off for tp, off in c.end_offsets(tps).items()}
+    finally:
+        c.close()
+
+
+def read_topic(bootstrap: str, topic: str, timeout: float = 30.0,
+               expect: int | None = None) -> dict[int, list[bytes]]:
+    """Return every record value of ``topic`` by partition, in offset order.
+
+    Reads up to the end offsets seen at the start (or until ``expect`` records, if given,
+    have arrived, waiting up to ``timeout``).
+    """
+    c = _consumer(bootstrap)
+    try:
+        tps = _partitions(c, topic, timeout)
+        out: dict[int, list[bytes]] = {tp.partition: [] for tp in tps}
+        if not tps:
+            return out
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
+        deadline = time.monotonic() + timeout
+        ends = c.end_offsets(tps)
+        while time.monotonic() < deadline:
+            total = sum(len(v) for v in out.values())
+            if expect is None:
+                if all(c.position(tp) >= ends[tp] for tp in tps):
+                    break
+            elif total >= expect:
+                break
+            for tp, recs in c.poll(timeout_ms=500, max_records=100_000).items():
+                out[tp.partition].extend(r.value for r in recs)
+        return out
+    finally:
+        c.close()

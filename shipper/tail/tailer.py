@@ -1,0 +1,529 @@
+"""The tailer thread: discovers files, follows them through rotation and truncation, reads them
+in large chunks, cuts lines and hands whole chunks of lines to the queue.
+
+Identity of a file is its device and inode plus a fingerprint of its first bytes, so inode
+reuse, delete-and-recreate and truncate-then-rewrite are told apart from growth. Nothing is
+handed on before the registry has made its position durable (see ``registry``), so a restart
+never re-reads a line.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from shipper.config import InputConfig, TailConfig
+from shipper.ledger import Ledger
+from shipper.log import RateLimiter
+from shipper.tail.discovery import ChangeSet, Matcher, Watcher, base_dir
+from shipper.tail.lines import LineSplitter
+from shipper.tail.registry import Entry, Registry, RegistryCorruptError
+
+__all__ = ["Tailer"]
+
+Put = Callable[[list[bytes], int], None]
+
+
+def _fp(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=12).hexdigest()
+
+
+@dataclass(slots=True)
+class _Orphan:
+    """The identity a file had before it was truncated (for copytruncate's copy)."""
+
+    fp_len: int
+    fp: str
+    offset: int
+    lost: int
+    expires: float
+
+
+@dataclass(slots=True, eq=False)
+class _Cursor:
+    """One open file."""
+
+    path: str
+    inp: int
+    fd: int
+    entry: Entry
+    read_off: int
+    splitter: LineSplitter
+    size_seen: int = 0
+    last_growth: float = 0.0
+    rotated: bool = False
+    behind_since: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Tailer:
+    """Owns every open file and the registry; runs on its own thread."""
+
+    def __init__(
+        self,
+        inputs: list[InputConfig],
+        cfg: TailConfig,
+        *,
+        registry: Registry,
+        put: Put,
+        ledger: Ledger,
+        log: Any,
+    ) -> None:
+        self._inputs = inputs
+        self._cfg = cfg
+        self._registry = registry
+        self._put = put
+        self._ledger = ledger
+        self._log = log
+        self._limiter = RateLimiter(10.0)
+        self._matchers = [Matcher(i.paths, i.exclude) for i in inputs]
+        self._changes = ChangeSet()
+        self._watcher = Watcher(self._changes)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._by_key: dict[str, _Cursor] = {}
+        self._by_path: dict[str, _Cursor] = {}  # active (not rotated) cursor of each path
+        self._orphans: list[_Orphan] = []
+        self._pending_copies: dict[str, float] = {}  # path -> give-up time
+        self._retry: set[str] = set()  # paths to try to open again (deferred, unreadable)
+        self._initial = True
+        self._registry_reset = False
+        self.degraded = False
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        """Load the registry, start watching and start the reading thread."""
+        self._load_registry()
+        for m in self._matchers:
+            for pattern in m.patterns:
+                d, rec = base_dir(pattern)
+                self._watcher.ensure(d, rec)
+        self._watcher.start()
+        self._thread = threading.Thread(target=self._run, name="shipper-tailer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop reading, close every file and save exact positions."""
+        self._stop.set()
+        self._changes.event.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self._watcher.stop()
+        for c in list(self._by_key.values()):
+            self._close(c, flush_partial=False)
+        if not self._registry.save(exact=True):
+            self._log.error("registry_unwritable", path=str(self._registry.path),
+                            error=self._registry.last_error)
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The reading thread (for leak checks)."""
+        return self._thread
+
+    def _load_registry(self) -> None:
+        try:
+            self._registry.load()
+        except RegistryCorruptError as exc:
+            self._registry_reset = True
+            self._ledger.event("registry_reset")
+            self._log.error("registry_reset", path=str(self._registry.path), error=str(exc),
+                            action="starting at the end of existing files")
+
+    # -- the loop -----------------------------------------------------------------------
+    def _run(self) -> None:
+        cfg = self._cfg
+        next_rescan = 0.0
+        next_poll = 0.0
+        while not self._stop.is_set():
+            try:
+                now = time.monotonic()
+                if now >= next_rescan:
+                    self._rescan()
+                    self._initial = False
+                    next_rescan = now + cfg.rescan_interval
+                changed = self._changes.drain()
+                poll = now >= next_poll
+                if poll:
+                    next_poll = now + cfg.poll_interval
+                self._on_changes(changed, poll)
+                busy = self._read_all()
+                if poll:
+                    self._housekeeping(now)
+            except Exception as exc:  # noqa: BLE001  # the thread must not die: log, count, go on
+                self._ledger.event("tailer_errors")
+                self._log.exception("tailer_error", error=str(exc))
+                busy = False
+                time.sleep(0.5)
+            if not busy:
+                self._changes.event.wait(cfg.poll_interval)
+
+    def _rescan(self) -> None:
+        for m in self._matchers:
+            for pattern in m.patterns:
+                d, rec = base_dir(pattern)
+                if not self._watcher.ensure(d, rec) and os.path.isdir(d):
+                    self._warn("watch_failed", directory=d, error=self._watcher.failed.get(d))
+        for idx, m in enumerate(self._matchers):
+            for path in m.scan():
+                if path not in self._by_path:
+                    self._try_open(path, idx)
+        self._ledger.set_gauge("dirs_watched", self._watcher.watched)
+
+    def _on_changes(self, changed: set[str], poll: bool) -> None:
+        paths = set(changed)
+        if poll:
+            paths.update(self._by_path)
+            paths.update(self._retry)
+            paths.update(self._pending_copies)
+        self._retry.clear()
+        for path in paths:
+            c = self._by_path.get(path)
+            if c is not None:
+                self._check_rotation(c)
+                if self._by_path.get(path) is not None:
+                    continue
+            for idx, m in enumerate(self._matchers):
+                if m.matches(path):
+                    self._try_open(path, idx)
+                    break
+
+    # -- opening ------------------------------------------------------------------------
+    def _try_open(self, path: str, idx: int) -> None:  # noqa: PLR0911  # one exit per reason to skip
+        inp = self._inputs[idx]
+        try:
+            lst = os.lstat(path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            self._open_failed(path, exc)
+            return
+        if stat.S_ISLNK(lst.st_mode):
+            if not inp.follow_symlinks:
+                return
+            real = os.path.realpath(path)
+            if not self._matchers[idx].inside_roots(real):
+                self._ledger.event("symlink_outside_roots")
+                self._warn("symlink_outside_roots", path=path, target=real)
+                return
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        if not stat.S_ISREG(st.st_mode):
+            return
+        key = f"{st.st_dev}:{st.st_ino}"
+        if key in self._by_key:
+            self._by_key[key].entry.seen = time.time()
+            return
+        if inp.ignore_older is not None and time.time() - st.st_mtime > inp.ignore_older:
+            return
+        if len(self._by_key) >= self._cfg.max_open_files and not self._make_room():
+            self._ledger.event("open_deferred")
+            self._retry.add(path)
+            return
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+        except OSError as exc:
+            self._open_failed(path, exc)
+            return
+        try:
+            self._adopt(path, idx, fd, st)
+        except OSError as exc:
+            os.close(fd)
+            self._open_failed(path, exc)
+
+    def _open_failed(self, path: str, exc: OSError) -> None:
+        self._retry.add(path)
+        reason = errno.errorcode.get(exc.errno or 0, "error").lower()
+        self._ledger.event(f"open_failed_{reason}")
+        self._warn("file_open_failed", path=path, error=exc.strerror, errno=reason)
+
+    def _adopt(self, path: str, idx: int, fd: int, st: os.stat_result) -> None:
+        """Decide where to start reading a newly opened file, and track it."""
+        inp = self._inputs[idx]
+        fpn = self._cfg.fingerprint_bytes
+        head = os.pread(fd, fpn, 0)
+        fp_len, fp = len(head), _fp(head)
+        size = st.st_size
+        now = time.time()
+        key = f"{st.st_dev}:{st.st_ino}"
+        entry = self._registry.entries.get(key)
+        start: int
+        how: str
+        if entry is not None and entry.fp_len <= fp_len and _fp(head[: entry.fp_len]) == entry.fp:
+            if entry.restored:
+                start = min(entry.durable, size)
+                if start > entry.exact:
+                    self._ledger.lost_bytes("lost_on_crash", start - entry.exact)
+                entry.restored = False
+                how = "registry"
+            else:
+                start = min(entry.exact, size)
+                how = "reopened"
+        else:
+            if entry is not None:
+                self._ledger.event("identity_changed")
+            copy = self._match_copy(path, fp_len, fp, size)
+            if copy == "defer":
+                os.close(fd)
+                return
+            if isinstance(copy, int):
+                start = copy
+                how = "copy"
+            elif self._initial and (self._registry_reset or (
+                    not self._registry.existed and inp.start_at == "end")):
+                start = size
+                how = "end"
+            else:
+                start = 0
+                how = "beginning"
+            entry = Entry(dev=st.st_dev, ino=st.st_ino, fp_len=fp_len, fp=fp, path=path,
+                          durable=start, exact=start, seen=now, restored=False)
+            self._registry.entries[key] = entry
+            if start and not self._registry.save():
+                pass  # the next reserve() retries; nothing is handed on until it succeeds
+        entry.path = path
+        entry.seen = now
+        if entry.fp_len < fp_len and _fp(head[: entry.fp_len]) == entry.fp:
+            entry.fp_len, entry.fp = fp_len, fp
+        c = _Cursor(path=path, inp=idx, fd=fd, entry=entry, read_off=start,
+                    splitter=LineSplitter(inp.max_line_bytes, inp.long_lines),
+                    size_seen=size, last_growth=time.monotonic())
+        self._by_key[key] = c
+        self._by_path[path] = c
+        self._pending_copies.pop(path, None)
+        self._ledger.event("files_opened")
+        self._log.info("file_opened", path=path, offset=start, size=size, start=how)
+
+    def _match_copy(self, path: str, fp_len: int, fp: str, size: int) -> int | str | None:
+        """Offset to start a copy of a known file at, ``"defer"`` to wait, or None."""
+        if fp_len == 0:
+            return None
+        for o in self._orphans:
+            if o.fp_len == fp_len and o.fp == fp and size >= o.offset:
+                self._orphans.remove(o)
+                self._ledger.event("copy_resumed")
+                return o.offset
+        for c in self._by_key.values():
+            if c.entry.fp_len >= fp_len and c.path != path and not c.rotated:
+                same = c.entry.fp_len == fp_len and c.entry.fp == fp
+                if not same:
+                    try:
+                        same = _fp(os.pread(c.fd, fp_len, 0)) == fp
+                    except OSError:
+                        same = False
+                if same:
+                    # A copy of a file we are reading (copytruncate's first step): wait for
+                    # the truncation so the copy is read exactly from where we stopped.
+                    give_up = self._pending_copies.setdefault(
+                        path, time.monotonic() + self._cfg.rotate_wait)
+                    if time.monotonic() < give_up:
+                        return "defer"
+                    self._ledger.event("copy_skipped")
+                    return size
+        return None
+
+    def _make_room(self) -> bool:
+        """Close the longest-idle file that is not draining a rotation; False if none."""
+        idle = [c for c in self._by_key.values() if not c.rotated
+                and c.size_seen <= c.read_off]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: c.last_growth)
+        self._ledger.event("files_closed_for_room")
+        self._close(victim, flush_partial=False)
+        return True
+
+    # -- following ----------------------------------------------------------------------
+    def _check_rotation(self, c: _Cursor) -> None:
+        try:
+            st = os.stat(c.path)
+        except FileNotFoundError:
+            st = None
+        except OSError:
+            return
+        if st is not None and f"{st.st_dev}:{st.st_ino}" == c.entry.key:
+            return
+        # Renamed away or deleted: keep draining the open descriptor, then close it.
+        c.rotated = True
+        c.last_growth = time.monotonic()
+        del self._by_path[c.path]
+        self._ledger.event("files_rotated")
+        self._log.info("file_rotated", path=c.path, offset=c.read_off)
+        if st is not None:
+            for idx, m in enumerate(self._matchers):
+                if m.matches(c.path):
+                    self._try_open(c.path, idx)
+                    break
+
+    def _read_all(self) -> bool:
+        busy = False
+        # Rotated files first: their lines are older than the new file's.
+        for c in sorted(self._by_key.values(), key=lambda c: not c.rotated):
+            if self._read(c):
+                busy = True
+        return busy
+
+    def _read(self, c: _Cursor) -> bool:
+        """Read up to the per-round budget; True if more is waiting."""
+        try:
+            size = os.fstat(c.fd).st_size
+        except OSError:
+            return False
+        if size < c.read_off or (size > c.read_off and not self._same_file(c)):
+            self._truncated(c, size)
+        c.size_seen = size
+        if size <= c.read_off:
+            c.behind_since = None
+            return False
+        if c.behind_since is None:
+            c.behind_since = time.monotonic()
+        budget = self._cfg.read_budget
+        chunk = self._cfg.read_chunk
+        splitter = c.splitter
+        entry = c.entry
+        while budget > 0:
+            data = os.pread(c.fd, min(chunk, budget), c.read_off)
+            if not data:
+                break
+            c.read_off += len(data)
+            budget -= len(data)
+            lines, nbytes = splitter.feed(data)
+            if splitter.truncated or splitter.too_long:
+                self._report_long(c, splitter)
+            if lines:
+                end = c.read_off if splitter.skipping else c.read_off - len(splitter.partial)
+                self._hand_on(entry, end, lines, nbytes)
+            elif splitter.skipping:
+                entry.exact = c.read_off
+        c.last_growth = time.monotonic()
+        c.size_seen = max(c.size_seen, c.read_off)
+        if c.read_off >= c.size_seen:
+            c.behind_since = None
+        return budget <= 0
+
+    def _hand_on(self, entry: Entry, end: int, lines: list[bytes], nbytes: int) -> None:
+        if self._registry.reserve(entry, end):
+            self._put(lines, nbytes)
+            if self.degraded:
+                self.degraded = False
+                self._log.info("registry_recovered", path=str(self._registry.path))
+        else:
+            self._ledger.read_and_dropped("registry_unwritable", len(lines), nbytes)
+            if not self.degraded:
+                self.degraded = True
+            self._warn("registry_unwritable", path=str(self._registry.path),
+                       error=self._registry.last_error, lines=len(lines))
+        entry.exact = end
+
+    def _report_long(self, c: _Cursor, s: LineSplitter) -> None:
+        if s.truncated:
+            self._ledger.event("lines_truncated", s.truncated)
+            self._warn("line_truncated", path=c.path, count=s.truncated,
+                       max_line_bytes=self._inputs[c.inp].max_line_bytes)
+        if s.too_long:
+            self._ledger.read_and_dropped("line_too_long", s.too_long, s.too_long_bytes)
+            self._warn("lines_dropped", reason="line_too_long", path=c.path, count=s.too_long)
+        s.reset_counts()
+
+    def _same_file(self, c: _Cursor) -> bool:
+        """Check the fingerprint still matches (catches truncate-then-rewrite); extend it."""
+        e = c.entry
+        want = self._cfg.fingerprint_bytes
+        try:
+            head = os.pread(c.fd, want if e.fp_len < want else e.fp_len, 0)
+        except OSError:
+            return True
+        if _fp(head[: e.fp_len]) != e.fp:
+            return False
+        if e.fp_len < want and len(head) > e.fp_len:
+            e.fp_len, e.fp = len(head), _fp(head)
+        return True
+
+    def _truncated(self, c: _Cursor, size: int) -> None:
+        e = c.entry
+        unread = max(c.size_seen - c.read_off, 0) + len(c.splitter.partial)
+        self._orphans.append(_Orphan(fp_len=e.fp_len, fp=e.fp, offset=e.exact, lost=unread,
+                                     expires=time.monotonic() + self._cfg.rotate_wait))
+        self._ledger.event("files_truncated")
+        self._log.info("file_truncated", path=c.path, offset=c.read_off, size=size)
+        head = os.pread(c.fd, self._cfg.fingerprint_bytes, 0)
+        e.fp_len, e.fp = len(head), _fp(head)
+        e.exact = 0
+        e.durable = -1  # forces a registry write (with the new fingerprint) before new lines
+        c.read_off = 0
+        c.size_seen = size
+        c.splitter = LineSplitter(self._inputs[c.inp].max_line_bytes,
+                                  self._inputs[c.inp].long_lines)
+        # Pending copies of the old content may now be read from where we stopped.
+        for path in list(self._pending_copies):
+            self._pending_copies[path] = 0.0
+            self._retry.add(path)
+
+    # -- housekeeping -------------------------------------------------------------------
+    def _housekeeping(self, now: float) -> None:
+        cfg = self._cfg
+        for c in list(self._by_key.values()):
+            idle = now - c.last_growth
+            if c.rotated and idle >= cfg.rotate_wait and c.read_off >= c.size_seen:
+                self._close(c, flush_partial=True)
+            elif not c.rotated and idle >= self._inputs[c.inp].close_inactive and (
+                    c.read_off >= c.size_seen):
+                self._ledger.event("files_closed_inactive")
+                self._close(c, flush_partial=False)
+        for o in [o for o in self._orphans if now >= o.expires]:
+            self._orphans.remove(o)
+            if o.lost:
+                self._ledger.lost_bytes("truncated_unread", o.lost)
+                self._warn("bytes_lost", reason="truncated_unread", bytes=o.lost)
+        for path, give_up in list(self._pending_copies.items()):
+            if give_up and now > give_up + cfg.rotate_wait * 2:
+                del self._pending_copies[path]
+        if self._registry.forget_old(time.time(), set(self._by_key)):
+            self._registry.save()
+        if not self._registry.healthy and self._registry.save():
+            self.degraded = False
+        behind: dict[int, int] = {}
+        oldest = 0.0
+        for c in self._by_key.values():
+            behind[c.inp] = behind.get(c.inp, 0) + max(c.size_seen - c.read_off, 0)
+            if c.behind_since is not None:
+                oldest = max(oldest, now - c.behind_since)
+        led = self._ledger
+        led.set_gauge("files_watched", len(self._by_key))
+        led.set_gauge("oldest_unread_age_seconds", oldest)
+        for i in range(len(self._inputs)):
+            led.set_gauge(f"bytes_behind:{i}", behind.get(i, 0))
+
+    def _close(self, c: _Cursor, flush_partial: bool) -> None:
+        if flush_partial:
+            tail = c.splitter.flush()
+            if tail is not None:
+                self._ledger.event("partial_lines_flushed")
+                self._hand_on(c.entry, c.read_off, [tail], len(tail))
+        try:
+            gone = os.fstat(c.fd).st_nlink == 0
+        except OSError:
+            gone = False
+        os.close(c.fd)
+        self._by_key.pop(c.entry.key, None)
+        if self._by_path.get(c.path) is c:
+            del self._by_path[c.path]
+        if gone:
+            self._registry.entries.pop(c.entry.key, None)
+        self._ledger.event("files_closed")
+        self._log.info("file_closed", path=c.path, offset=c.read_off,
+                       reason="rotated" if c.rotated else "inactive")
+
+    def _warn(self, event: str, **kw: Any) -> None:
+        key = f"{event}:{kw.get('path', '')}"
+        suppressed = self._limiter.allow(key)
+        if suppressed is not None:
+            self._log.warning(event, suppressed=suppressed, **kw)

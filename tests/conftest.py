@@ -1,0 +1,90 @@
+"""Shared fixtures: a real Kafka broker for the session, and a thread-leak check."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+KAFKA_LOCAL = ROOT / "scripts" / "kafka-local"
+
+
+def free_port() -> int:
+    """Return a TCP port that was free a moment ago on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Broker:
+    """A broker the tests may use; stoppable and restartable when we started it."""
+
+    def __init__(self, bootstrap: str, home: Path | None, port: int | None) -> None:
+        self.bootstrap = bootstrap
+        self.home = home
+        self.port = port
+
+    @property
+    def managed(self) -> bool:
+        """True when this session started the broker (so it may stop it)."""
+        return self.home is not None
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["KAFKA_HOME_DIR"] = str(self.home)
+        env["KAFKA_PORT"] = str(self.port)
+        return env
+
+    def start(self) -> None:
+        """Start (or restart) the broker and wait until it answers."""
+        subprocess.run([str(KAFKA_LOCAL), "start"], env=self._env(), check=True,
+                       capture_output=True, timeout=180)
+
+    def stop(self) -> None:
+        """Stop the broker (its data is kept)."""
+        subprocess.run([str(KAFKA_LOCAL), "stop"], env=self._env(), check=True,
+                       capture_output=True, timeout=60)
+
+
+@pytest.fixture(name="kafka", scope="session")
+def fixture_kafka() -> Iterator[Broker]:
+    """A real single-node KRaft broker: ``KAFKA_BOOTSTRAP`` if set, else one we start."""
+    existing = os.environ.get("KAFKA_BOOTSTRAP")
+    if existing:
+        yield Broker(existing, None, None)
+        return
+    home = Path(tempfile.mkdtemp(prefix="shipper-kafka-"))
+    port = free_port()
+    broker = Broker(f"127.0.0.1:{port}", home, port)
+    try:
+        broker.start()
+        yield broker
+    finally:
+        subprocess.run([str(KAFKA_LOCAL), "stop", "--purge"], env=broker._env(),
+                       capture_output=True, timeout=60, check=False)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(name="topic")
+def fixture_topic() -> str:
+    """A fresh topic name (auto-created with one partition on first produce)."""
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(autouse=True)
+def _no_thread_leaks() -> Iterator[None]:
+    """Fail a test that leaves new non-daemon threads running (as watchdog's suite does)."""
+    before = set(threading.enumerate())
+    yield
+    leaked = [t for t in threading.enumerate()
+              if t not in before and t.is_alive() and not t.daemon]
+    assert not leaked, f"threads leaked: {leaked}"

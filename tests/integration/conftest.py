@@ -1,0 +1,207 @@
+"""Run the real shipper as a process against the real broker, and read its metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import Broker, free_port
+
+pytestmark = pytest.mark.kafka
+
+_SAMPLE = re.compile(r'^([a-z_]+)(?:\{([^}]*)\})? (\S+)$')
+
+
+class Shipper:
+    """A ``shipper run`` child process with its config, logs and metrics."""
+
+    def __init__(self, cfg: dict[str, Any], workdir: Path, env: dict[str, str] | None = None,
+                 user: str | None = None) -> None:
+        self.cfg = cfg
+        self.workdir = workdir
+        self.conf = workdir / f"shipper-{time.monotonic_ns()}.yaml"
+        self.conf.write_text(yaml.safe_dump(cfg))
+        self.log_path = workdir / f"shipper-{time.monotonic_ns()}.log"
+        self.metrics_url = f"http://{cfg['metrics']['listen']}"
+        cmd = [sys.executable, "-m", "shipper", "run", "-c", str(self.conf)]
+        if user:
+            cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})},
+                                     cwd=Path(__file__).resolve().parents[2])
+        self.wait_http()
+
+    def wait_http(self, timeout: float = 20.0) -> None:
+        """Wait until /health answers."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"shipper exited {self.proc.returncode}:\n{self.logs()}")
+            try:
+                urllib.request.urlopen(self.metrics_url + "/health", timeout=1).close()
+            except urllib.error.HTTPError:
+                return
+            except OSError:
+                time.sleep(0.05)
+                continue
+            return
+        raise AssertionError(f"shipper did not answer on {self.metrics_url}\n{self.logs()}")
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """Status code and JSON body of /health."""
+        try:
+            with urllib.request.urlopen(self.metrics_url + "/health", timeout=5) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def metrics(self) -> dict[str, float]:
+        """Samples of /metrics as ``{"name{labels}": value}``."""
+        with urllib.request.urlopen(self.metrics_url + "/metrics", timeout=5) as r:
+            text = r.read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            m = _SAMPLE.match(line)
+            if m:
+                name = m.group(1) + (f"{{{m.group(2)}}}" if m.group(2) else "")
+                out[name] = float(m.group(3))
+        return out
+
+    def ledger(self) -> dict[str, Any]:
+        """read/sent/queued/dropped-by-reason from /metrics."""
+        return ledger_from_metrics(self.metrics())
+
+    def wait_for(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 60.0,
+                 what: str = "condition") -> dict[str, Any]:
+        """Poll the ledger until ``pred`` holds."""
+        deadline = time.monotonic() + timeout
+        led: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            led = self.ledger()
+            if pred(led):
+                return led
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}; ledger={led}\n{self.logs()[-3000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Signal the process and wait for it; return its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout)
+        finally:
+            self._log.close()
+        return rc
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to save anything."""
+        self.proc.kill()
+        self.proc.wait(10)
+        self._log.close()
+
+    def logs(self) -> str:
+        """Everything the process printed so far."""
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON log lines."""
+        out = []
+        for line in self.logs().splitlines():
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    continue
+        return out
+
+    def final_ledger(self) -> dict[str, Any]:
+        """The fields of the ``shutdown_complete`` log line."""
+        done = [e for e in self.events() if e.get("event") == "shutdown_complete"]
+        assert done, f"no shutdown_complete line:\n{self.logs()[-3000:]}"
+        return done[-1]
+
+
+def ledger_from_metrics(m: dict[str, float]) -> dict[str, Any]:
+    """Extract the ledger figures from a metrics sample dict."""
+    dropped = {}
+    for k, v in m.items():
+        if k.startswith("shipper_lines_dropped_total{"):
+            reason = k.split('reason="', 1)[1].split('"', 1)[0]
+            dropped[reason] = int(v)
+    lost = {}
+    for k, v in m.items():
+        if k.startswith("shipper_bytes_lost_total{"):
+            lost[k.split('reason="', 1)[1].split('"', 1)[0]] = int(v)
+    events = {}
+    for k, v in m.items():
+        if k.startswith("shipper_events_total{"):
+            events[k.split('event="', 1)[1].split('"', 1)[0]] = int(v)
+    return {
+        "read": int(m.get("shipper_lines_read_total", 0)),
+        "sent": int(m.get("shipper_lines_sent_total", 0)),
+        "queued": int(m.get("shipper_queue_lines", 0)),
+        "dropped": dropped,
+        "lost_bytes": lost,
+        "events": events,
+        "balanced": m.get("shipper_ledger_balanced") == 1,
+    }
+
+
+def base_config(broker: Broker, topic: str, workdir: Path, paths: list[str],
+                **over: Any) -> dict[str, Any]:
+    """A config for tests: fast polling, registry and metrics in the test's own places."""
+    cfg: dict[str, Any] = {
+        "inputs": [{"paths": paths, "start_at": "beginning"}],
+        "tail": {"rescan_interval": "1s", "poll_interval": "100ms", "rotate_wait": "2s"},
+        "queue": {"max_lines": 100_000, "max_bytes": "64MiB"},
+        "kafka": {"bootstrap_servers": [broker.bootstrap], "topic": topic,
+                  "unavailable_timeout": "2s"},
+        "registry": {"path": str(workdir / "registry.json")},
+        "metrics": {"listen": f"127.0.0.1:{free_port()}"},
+        "log": {"level": "info", "format": "json", "stats_interval": "5s"},
+        "shutdown": {"drain_timeout": "5s"},
+    }
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    return cfg
+
+
+@pytest.fixture(name="start_shipper")
+def fixture_start_shipper(tmp_path: Path) -> Iterator[Callable[..., Shipper]]:
+    """Factory that starts shippers and makes sure they are gone after the test."""
+    started: list[Shipper] = []
+
+    def start(cfg: dict[str, Any], **kw: Any) -> Shipper:
+        s = Shipper(cfg, tmp_path, **kw)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        if s.proc.poll() is None:
+            s.kill()
+
+
+def append(path: Path, lines: list[bytes] | bytes) -> None:
+    """Append bytes (or lines, each with a newline) to ``path``."""
+    data = lines if isinstance(lines, bytes) else b"".join(x + b"\n" for x in lines)
+    with path.open("ab") as f:
+        f.write(data)

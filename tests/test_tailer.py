@@ -1,0 +1,325 @@
+"""The tailer on real files with real inotify: rotation, truncation, identity, restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shipper.config import InputConfig, TailConfig
+from shipper.ledger import Ledger
+from shipper.log import get_logger
+from shipper.tail import Registry, Tailer
+
+
+class Sink:
+    """Collects what the tailer hands on, as the queue would receive it."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.lines: list[bytes] = []
+        self.lock = threading.Lock()
+        self.ledger = ledger
+
+    def put(self, lines: list[bytes], nbytes: int) -> None:
+        assert nbytes == sum(map(len, lines))
+        with self.lock:
+            self.lines += lines
+        with self.ledger.lock:
+            self.ledger.read_lines += len(lines)
+            self.ledger.sent_lines += len(lines)
+
+
+class Harness:
+    """One tailer over ``root`` with a registry in ``state``."""
+
+    def __init__(self, root: Path, state: Path, **input_kw: Any) -> None:
+        self.root = root
+        self.state = state
+        self.input_kw = {"paths": [str(root / "*.log*")], "start_at": "beginning", **input_kw}
+        self.ledger = Ledger()
+        self.sink = Sink(self.ledger)
+        self.tailer: Tailer | None = None
+
+    def start(self, **tail_kw: Any) -> Harness:
+        cfg = TailConfig(**{"poll_interval": 0.05, "rescan_interval": 0.3, "rotate_wait": 0.5,
+                            **tail_kw})
+        self.registry = Registry(str(self.state / "registry.json"), 4096, 3600)
+        self.tailer = Tailer([InputConfig(**self.input_kw)], cfg, registry=self.registry,
+                             put=self.sink.put, ledger=self.ledger, log=get_logger())
+        self.tailer.start()
+        return self
+
+    def stop(self) -> None:
+        if self.tailer is not None:
+            self.tailer.stop()
+            self.tailer = None
+
+    def crash(self) -> None:
+        """Stop the thread without saving exact positions (what kill -9 leaves behind)."""
+        assert self.tailer is not None
+        t = self.tailer
+        t._stop.set()  # noqa: SLF001  # simulating a crash needs the internals
+        t._changes.event.set()  # noqa: SLF001
+        assert t.thread is not None
+        t.thread.join(10)
+        t._watcher.stop()  # noqa: SLF001
+        for c in list(t._by_key.values()):  # noqa: SLF001
+            os.close(c.fd)
+        self.tailer = None
+
+    def wait(self, pred: Callable[[], bool], timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if pred():
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"timed out; got {len(self.sink.lines)} lines, "
+                             f"events={self.ledger.snapshot().events}")
+
+    def wait_lines(self, n: int, timeout: float = 10.0) -> list[bytes]:
+        self.wait(lambda: len(self.sink.lines) >= n, timeout)
+        time.sleep(0.3)  # and nothing more arrives
+        return self.sink.lines
+
+
+@pytest.fixture(name="h")
+def fixture_h(tmp_path: Path) -> Iterator[Harness]:
+    """A tailer harness over a fresh log directory; stopped after the test."""
+    root = tmp_path / "logs"
+    root.mkdir()
+    state = tmp_path / "state"
+    h = Harness(root, state)
+    yield h
+    h.stop()
+
+
+def write(path: Path, *lines: str, mode: str = "ab") -> None:
+    with path.open(mode) as f:
+        f.write("".join(x + "\n" for x in lines).encode())
+
+
+def test_existing_and_new_files_are_read(h: Harness) -> None:
+    """Files present at start (start_at beginning) and created later are read once."""
+    write(h.root / "a.log", "a1", "a2")
+    h.start()
+    write(h.root / "b.log", "b1")
+    assert sorted(h.wait_lines(3)) == [b"a1", b"a2", b"b1"]
+
+
+def test_start_at_end_skips_existing_content(tmp_path: Path) -> None:
+    """With start_at: end and no registry, existing content is skipped; new lines are read."""
+    root = tmp_path / "logs"
+    root.mkdir()
+    write(root / "a.log", "old")
+    h = Harness(root, tmp_path / "state", start_at="end").start()
+    try:
+        time.sleep(0.3)
+        write(root / "a.log", "new")
+        assert h.wait_lines(1) == [b"new"]
+    finally:
+        h.stop()
+
+
+def test_rename_rotation_with_glob_matching_rotated_names(h: Harness) -> None:
+    """app.log -> app.log.1 plus a new app.log: every line once, the rotated file not re-read."""
+    log = h.root / "app.log"
+    write(log, *[f"one {i}" for i in range(100)])
+    h.start()
+    h.wait(lambda: len(h.sink.lines) >= 100)
+    write(log, *[f"one-late {i}" for i in range(10)])
+    os.rename(log, h.root / "app.log.1")
+    write(log, *[f"two {i}" for i in range(50)])
+    got = h.wait_lines(160)
+    assert len(got) == 160
+    assert len(set(got)) == 160
+    assert h.ledger.snapshot().events.get("files_rotated", 0) >= 1
+
+
+def test_copytruncate_reads_the_copy_from_where_it_stopped(h: Harness) -> None:
+    """copytruncate with the copy matching the glob: no line twice, none lost."""
+    log = h.root / "app.log"
+    write(log, *[f"before {i:04d} " + "x" * 40 for i in range(200)])
+    h.start()
+    h.wait(lambda: len(h.sink.lines) >= 200)
+    assert h.tailer is not None
+    h.tailer._stop.set()  # noqa: SLF001  # pause reading so the next lines are unread
+    h.tailer._changes.event.set()  # noqa: SLF001
+    assert h.tailer.thread is not None
+    h.tailer.thread.join(5)
+    write(log, *[f"unread {i:04d}" for i in range(30)])
+    shutil.copyfile(log, h.root / "app.log.1")
+    with log.open("r+b") as f:
+        f.truncate(0)
+    write(log, *[f"after {i:04d}" for i in range(20)])
+    # Resume with the same tailer state (as if it had just been slow).
+    h.tailer._stop.clear()  # noqa: SLF001
+    h.tailer._thread = threading.Thread(target=h.tailer._run, daemon=True)  # noqa: SLF001
+    h.tailer._thread.start()  # noqa: SLF001
+    got = h.wait_lines(250, timeout=15)
+    assert len(got) == len(set(got)), "a line was read twice"
+    assert len(got) == 250
+    assert h.ledger.snapshot().events.get("copy_resumed") == 1
+
+
+def test_truncate_without_copy_counts_unread_bytes(h: Harness) -> None:
+    """A truncation restarts at 0; nothing twice."""
+    log = h.root / "app.log"
+    write(log, *[f"first {i}" for i in range(50)])
+    h.start()
+    h.wait(lambda: len(h.sink.lines) >= 50)
+    with log.open("r+b") as f:
+        f.truncate(0)
+    time.sleep(0.3)
+    write(log, "fresh 1", "fresh 2")
+    got = h.wait_lines(52)
+    assert got[-2:] == [b"fresh 1", b"fresh 2"]
+    assert len(got) == len(set(got)) == 52
+    assert h.ledger.snapshot().events.get("files_truncated") == 1
+
+
+def test_truncate_then_rewrite_past_old_offset(h: Harness) -> None:
+    """Truncated and rewritten longer than before between two looks: new content from 0."""
+    log = h.root / "app.log"
+    write(log, "short old line")
+    h.start(poll_interval=0.5)
+    h.wait(lambda: len(h.sink.lines) >= 1)
+    tmp = h.root / "tmp.txt"
+    write(tmp, *[f"new content {i}" for i in range(20)])
+    with log.open("r+b") as f:  # same inode, new bytes, longer than the old offset
+        f.truncate(0)
+        f.write(tmp.read_bytes())
+    got = h.wait_lines(21)
+    assert got == [b"short old line", *[b"new content %d" % i for i in range(20)]]
+
+
+def test_delete_and_recreate(h: Harness) -> None:
+    """A deleted then recreated path is read from 0 as a new file."""
+    log = h.root / "app.log"
+    write(log, "gen1 a", "gen1 b")
+    h.start()
+    h.wait(lambda: len(h.sink.lines) >= 2)
+    log.unlink()
+    write(log, "gen2 a")
+    assert h.wait_lines(3) == [b"gen1 a", b"gen1 b", b"gen2 a"]
+
+
+def test_clean_restart_continues_exactly(h: Harness) -> None:
+    """Stop, append, start: the new lines once, the old ones never again."""
+    log = h.root / "app.log"
+    write(log, "one", "two")
+    h.start()
+    h.wait(lambda: len(h.sink.lines) >= 2)
+    h.stop()
+    write(log, "three")
+    h.start()
+    assert h.wait_lines(3) == [b"one", b"two", b"three"]
+
+
+def test_partial_line_across_restart(h: Harness) -> None:
+    """'partial', stop, restart, ' line\\n': exactly one record 'partial line'."""
+    log = h.root / "app.log"
+    log.write_bytes(b"partial")
+    h.start()
+    time.sleep(0.4)
+    h.stop()
+    assert h.sink.lines == []
+    write(log, " line")
+    h.start()
+    assert h.wait_lines(1) == [b"partial line"]
+
+
+def test_crash_restart_skips_but_never_repeats(h: Harness) -> None:
+    """After a crash the reserved position is used: nothing twice, the gap counted."""
+    log = h.root / "app.log"
+    write(log, *[f"c {i}" for i in range(100)])
+    h.start()
+    h.wait(lambda: len(h.sink.lines) >= 100)
+    h.crash()
+    write(log, *[f"d {i}" for i in range(1000)])
+    h.ledger = Ledger()
+    h.sink.ledger = h.ledger
+    h.start()
+    time.sleep(0.6)
+    got = h.sink.lines
+    assert len(got) == len(set(got))
+    lost = h.ledger.snapshot().bytes_lost.get("lost_on_crash", 0)
+    assert lost > 0
+    assert len(got) < 1100
+
+
+def test_corrupt_registry_starts_at_end_and_keeps_a_copy(h: Harness) -> None:
+    """A corrupt registry is kept aside, counted, and existing files start at their end."""
+    log = h.root / "app.log"
+    write(log, "already shipped once")
+    h.state.mkdir()
+    (h.state / "registry.json").write_text("{not json")
+    h.start()
+    time.sleep(0.4)
+    write(log, "new")
+    assert h.wait_lines(1) == [b"new"]
+    assert h.ledger.snapshot().events.get("registry_reset") == 1
+    assert list(h.state.glob("registry.json.corrupt-*"))
+
+
+def test_registry_file_is_versioned_json(h: Harness) -> None:
+    """The registry on disk is small versioned JSON with identity and offset."""
+    write(h.root / "app.log", "x")
+    h.start()
+    h.wait(lambda: len(h.sink.lines) >= 1)
+    h.stop()
+    doc = json.loads((h.state / "registry.json").read_text())
+    assert doc["version"] == 1
+    (entry,) = doc["files"]
+    assert entry["offset"] == 2
+    assert {"dev", "ino", "fp", "fp_len", "path"} <= set(entry)
+
+
+def test_symlink_outside_roots_is_never_read(tmp_path: Path) -> None:
+    """A link whose target is outside the input's roots is counted and never opened."""
+    root = tmp_path / "logs"
+    root.mkdir()
+    outside = tmp_path / "secret.txt"
+    write(outside, "secret")
+    (root / "evil.log").symlink_to(outside)
+    write(root / "ok.log", "fine")
+    h = Harness(root, tmp_path / "state", follow_symlinks=True).start()
+    try:
+        assert h.wait_lines(1) == [b"fine"]
+        assert h.ledger.snapshot().events.get("symlink_outside_roots", 0) >= 1
+    finally:
+        h.stop()
+
+
+def test_long_line_truncated_neighbours_intact(tmp_path: Path) -> None:
+    """A line over max_line_bytes is truncated and counted; neighbours arrive intact."""
+    root = tmp_path / "logs"
+    root.mkdir()
+    h = Harness(root, tmp_path / "state", max_line_bytes=1024).start()
+    try:
+        with (root / "a.log").open("wb") as f:
+            f.write(b"before\n" + b"L" * 100_000 + b"\nafter\n")
+        assert h.wait_lines(3) == [b"before", b"L" * 1024, b"after"]
+        assert h.ledger.snapshot().events.get("lines_truncated") == 1
+    finally:
+        h.stop()
+
+
+def test_many_files_with_a_low_open_file_bound(tmp_path: Path) -> None:
+    """More files than max_open_files: idle ones are closed to make room; all lines arrive."""
+    root = tmp_path / "logs"
+    root.mkdir()
+    for i in range(60):
+        write(root / f"f{i:03d}.log", f"file {i} line 1", f"file {i} line 2")
+    h = Harness(root, tmp_path / "state").start(max_open_files=8)
+    try:
+        got = h.wait_lines(120, timeout=20)
+        assert len(got) == len(set(got)) == 120
+    finally:
+        h.stop()
