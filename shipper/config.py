@@ -128,6 +128,7 @@ class QueueConfig(_Model):
     max_lines: int = Field(100_000, ge=1)
     max_bytes: Size = Field(64 * 1024 * 1024, ge=1024)
     when_full: Literal["drop_newest", "drop_oldest"] = "drop_newest"
+    stall_timeout: Duration = 5.0
 
 
 class KafkaConfig(_Model):

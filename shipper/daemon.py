@@ -34,6 +34,7 @@ class Daemon:
                                  cfg.registry.forget_after)
         self.sender = KafkaSender(cfg.kafka, self.queue, self.ledger, self.log)
         self.tailer = Tailer(cfg.inputs, cfg.tail, registry=self.registry, put=self.queue.put,
+                             room=self.queue.room,
                              ledger=self.ledger, log=self.log)
         self.metrics: MetricsServer | None = None
         self._stop = threading.Event()

@@ -7,6 +7,7 @@ change that moves lines between those states happens under one lock (shared with
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -74,6 +75,7 @@ class Ledger:
         self.read_bytes = 0
         self.sent_lines = 0
         self.sent_bytes = 0
+        self.last_sent = time.monotonic()  # when lines were last handed to Kafka
         # In the queue, and taken by the sender but not yet settled (sent or dropped).
         self.queue_lines = 0
         self.queue_bytes = 0
@@ -93,6 +95,7 @@ class Ledger:
             self.inflight_bytes -= nbytes
             self.sent_lines += lines
             self.sent_bytes += nbytes
+            self.last_sent = time.monotonic()
 
     def dropped(self, reason: str, lines: int, nbytes: int) -> None:
         """Settle ``lines`` taken from the queue as dropped for ``reason``."""

@@ -3,6 +3,11 @@
 ``put`` never blocks: when a chunk does not fit, the ``when_full`` policy decides which lines
 go, and they are counted as dropped (``queue_full``) under the same lock that decides it.
 Chunks (lists of lines) travel through it, never single lines.
+
+``room`` tells the tailer how much it may read without overflowing while the sender is
+delivering (a file's backlog then waits in the file, not in memory). When nothing has been
+handed to Kafka for ``stall_timeout`` while lines wait (Kafka down or stalled), ``room`` stops
+limiting: reading keeps up with the files and the overflow is dropped and counted.
 """
 
 from __future__ import annotations
@@ -56,6 +61,8 @@ class DropQueue:
         self._nonempty = threading.Condition(self._lock)
         self._chunks: deque[_Chunk] = deque()
         self._woken = False
+        self._stall_timeout = cfg.stall_timeout
+        self._quiet_since = time.monotonic()  # last put into an empty pipeline
 
     @property
     def lines(self) -> int:
@@ -86,8 +93,24 @@ class DropQueue:
             else:
                 self._put_dropping_newest(lines, nbytes)
 
+    def room(self) -> int:
+        """Bytes the tailer may read now; unlimited (a large number) while the queue stalls."""
+        led = self._ledger
+        free_lines = self._max_lines - led.queue_lines
+        free_bytes = self._max_bytes - led.queue_bytes
+        if free_lines > 0 and free_bytes > 0:
+            # Estimate bytes per line from what was read so far, with a margin of two for
+            # lines shorter than the average.
+            per_line = (led.read_bytes // led.read_lines + 1) // 2 if led.read_lines else 16
+            return min(free_bytes, free_lines * max(per_line, 1))
+        if time.monotonic() - max(self._quiet_since, led.last_sent) > self._stall_timeout:
+            return 1 << 62  # stalled: keep reading, let the overflow drop
+        return 0
+
     def _append(self, lines: list[bytes], nbytes: int) -> None:
         led = self._ledger
+        if not led.queue_lines and not led.inflight_lines:
+            self._quiet_since = time.monotonic()
         self._chunks.append(_Chunk(lines, nbytes))
         led.queue_lines += len(lines)
         led.queue_bytes += nbytes

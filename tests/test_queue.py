@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -149,3 +150,24 @@ def test_single_chunk_bigger_than_queue(policy: str) -> None:
     first = q.take(100, 1000, 0)[0]
     assert first == ([b"%d" % i for i in range(5)] if policy == "drop_newest"
                      else [b"%d" % i for i in range(7, 12)])
+
+
+def test_room_paces_reads_while_the_sender_delivers() -> None:
+    """room() limits reads to what fits while lines are being handed to Kafka."""
+    q, led = make(max_lines=10, max_bytes=10_000)
+    assert q.room() > 0
+    put(q, [b"x" * 99] * 10)
+    assert q.room() == 0  # full, and the sender delivered recently: wait, don't drop
+    lines, n = q.take(5, 10_000, 0)
+    led.sent(len(lines), n)
+    assert 0 < q.room() <= 5 * 100
+
+
+def test_room_stops_limiting_when_kafka_stalls() -> None:
+    """When nothing was sent for stall_timeout while lines wait, reading is no longer held
+    back, so overflow is dropped (and counted) instead of lagging without bound."""
+    ledger = Ledger()
+    q = DropQueue(QueueConfig(max_lines=2, stall_timeout=0.0), ledger)
+    put(q, [b"a", b"b"])
+    time.sleep(0.01)
+    assert q.room() > 1 << 40

@@ -52,7 +52,8 @@ class Harness:
                             **tail_kw})
         self.registry = Registry(str(self.state / "registry.json"), 4096, 3600)
         self.tailer = Tailer([InputConfig(**self.input_kw)], cfg, registry=self.registry,
-                             put=self.sink.put, ledger=self.ledger, log=get_logger())
+                             put=self.sink.put, room=lambda: 1 << 30, ledger=self.ledger,
+                             log=get_logger())
         self.tailer.start()
         return self
 

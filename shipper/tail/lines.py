@@ -17,6 +17,7 @@ class LineSplitter:
     __slots__ = (
         "_drop",
         "_max",
+        "_resuming",
         "partial",
         "skipping",
         "too_long",
@@ -29,9 +30,15 @@ class LineSplitter:
         self._drop = policy == "drop"
         self.partial = b""
         self.skipping = False  # inside the tail of a long line, discarding up to its newline
+        self._resuming = False  # the skipped tail is of a line cut by a crash, not a long line
         self.truncated = 0  # lines emitted truncated since last reset_counts()
         self.too_long = 0  # lines dropped as too long since last reset_counts()
         self.too_long_bytes = 0
+
+    def skip_line(self) -> None:
+        """Discard input up to the next newline: reading resumes inside a line."""
+        self.skipping = True
+        self._resuming = True
 
     def reset_counts(self) -> None:
         """Zero the per-call policy counters (the caller has reported them)."""
@@ -40,12 +47,13 @@ class LineSplitter:
     def feed(self, data: bytes) -> tuple[list[bytes], int]:
         """Split ``data`` (appended to the pending partial line); return (lines, payload bytes)."""
         if self.skipping:
+            counted = self._drop and not self._resuming
             nl = data.find(b"\n")
             if nl < 0:
-                self.too_long_bytes += len(data) if self._drop else 0
+                self.too_long_bytes += len(data) if counted else 0
                 return [], 0
-            self.too_long_bytes += nl if self._drop else 0
-            self.skipping = False
+            self.too_long_bytes += nl if counted else 0
+            self.skipping = self._resuming = False
             data = data[nl + 1 :]
         if self.partial:
             data = self.partial + data
@@ -88,6 +96,6 @@ class LineSplitter:
         p = self.partial
         self.partial = b""
         if not p or self.skipping:
-            self.skipping = False
+            self.skipping = self._resuming = False
             return None
         return p[:-1] if p[-1:] == b"\r" else p

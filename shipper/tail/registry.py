@@ -112,8 +112,10 @@ class Registry:
             if exact:
                 e.durable = e.exact
             files.append({
+                # durable is -1 after a truncation until the next reserve: nothing past
+                # exact was handed on then, so exact is the position to resume at.
                 "dev": e.dev, "ino": e.ino, "fp_len": e.fp_len, "fp": e.fp,
-                "path": e.path, "offset": e.durable, "exact": e.exact,
+                "path": e.path, "offset": max(e.durable, e.exact), "exact": e.exact,
                 "seen": round(e.seen, 3),
             })
         data = json.dumps({"version": VERSION, "files": files}, separators=(",", ":")).encode()

@@ -29,10 +29,27 @@ from shipper.tail.registry import Entry, Registry, RegistryCorruptError
 __all__ = ["Tailer"]
 
 Put = Callable[[list[bytes], int], None]
+Room = Callable[[], int]
 
 
 def _fp(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=12).hexdigest()
+
+
+def _line_start(fd: int, off: int, size: int) -> tuple[int, bool]:
+    """The first line start at or after ``off``; ``(size, True)`` if that line is not
+    complete yet (its rest is to be skipped when it arrives)."""
+    if off == 0 or os.pread(fd, 1, off - 1) == b"\n":
+        return off, False
+    while off < size:
+        data = os.pread(fd, 65536, off)
+        if not data:
+            break
+        nl = data.find(b"\n")
+        if nl >= 0:
+            return off + nl + 1, False
+        off += len(data)
+    return off, True
 
 
 @dataclass(slots=True)
@@ -73,6 +90,7 @@ class Tailer:
         *,
         registry: Registry,
         put: Put,
+        room: Room,
         ledger: Ledger,
         log: Any,
     ) -> None:
@@ -80,6 +98,8 @@ class Tailer:
         self._cfg = cfg
         self._registry = registry
         self._put = put
+        self._room = room
+        self.paced = False  # the last round stopped reading because the queue was full
         self._ledger = ledger
         self._log = log
         self._limiter = RateLimiter(10.0)
@@ -154,6 +174,9 @@ class Tailer:
                     next_poll = now + cfg.poll_interval
                 self._on_changes(changed, poll)
                 busy = self._read_all()
+                if self.paced and not busy:
+                    time.sleep(0.005)  # the queue is full but draining: look again soon
+                    busy = True
                 if poll:
                     self._housekeeping(now)
             except Exception as exc:  # noqa: BLE001  # the thread must not die: log, count, go on
@@ -257,11 +280,10 @@ class Tailer:
         entry = self._registry.entries.get(key)
         start: int
         how: str
+        mid_line = False
         if entry is not None and entry.fp_len <= fp_len and _fp(head[: entry.fp_len]) == entry.fp:
             if entry.restored:
-                start = min(entry.durable, size)
-                if start > entry.exact:
-                    self._ledger.lost_bytes("lost_on_crash", start - entry.exact)
+                start, mid_line = self._resume_at(entry, fd, size)
                 entry.restored = False
                 how = "registry"
             else:
@@ -287,8 +309,8 @@ class Tailer:
             entry = Entry(dev=st.st_dev, ino=st.st_ino, fp_len=fp_len, fp=fp, path=path,
                           durable=start, exact=start, seen=now, restored=False)
             self._registry.entries[key] = entry
-            if start and not self._registry.save():
-                pass  # the next reserve() retries; nothing is handed on until it succeeds
+            if start:  # on failure the next reserve() retries; nothing goes on before
+                self._registry.save()
         entry.path = path
         entry.seen = now
         if entry.fp_len < fp_len and _fp(head[: entry.fp_len]) == entry.fp:
@@ -296,21 +318,44 @@ class Tailer:
         c = _Cursor(path=path, inp=idx, fd=fd, entry=entry, read_off=start,
                     splitter=LineSplitter(inp.max_line_bytes, inp.long_lines),
                     size_seen=size, last_growth=time.monotonic())
+        if mid_line:
+            c.splitter.skip_line()
         self._by_key[key] = c
         self._by_path[path] = c
         self._pending_copies.pop(path, None)
         self._ledger.event("files_opened")
         self._log.info("file_opened", path=path, offset=start, size=size, start=how)
 
+    def _resume_at(self, entry: Entry, fd: int, size: int) -> tuple[int, bool]:
+        """Where to resume a file known from the registry on disk; True if inside a line."""
+        start = min(entry.durable, size)
+        if start <= entry.exact:
+            return start, False
+        # After a crash: skip what may have been read, up to the next line start.
+        start, mid_line = _line_start(fd, start, size)
+        self._ledger.lost_bytes("lost_on_crash", start - entry.exact)
+        entry.exact = start
+        return start, mid_line
+
     def _match_copy(self, path: str, fp_len: int, fp: str, size: int) -> int | str | None:
         """Offset to start a copy of a known file at, ``"defer"`` to wait, or None."""
         if fp_len == 0:
-            return None
+            # Nothing to tell it by yet (copytruncate's copy is empty when created): look
+            # again once it has bytes, or copied content would be read as new.
+            self._retry.add(path)
+            return "defer"
         for o in self._orphans:
-            if o.fp_len == fp_len and o.fp == fp and size >= o.offset:
+            if o.fp_len == fp_len and o.fp == fp:
                 self._orphans.remove(o)
                 self._ledger.event("copy_resumed")
-                return o.offset
+                # The copy ends before what we read when the app wrote between the copy and
+                # the truncation: nothing in it is new then. Bytes we saw but neither read
+                # nor find in the copy are lost.
+                lost = o.offset + o.lost - max(o.offset, size)
+                if lost > 0:
+                    self._ledger.lost_bytes("truncated_unread", lost)
+                    self._warn("bytes_lost", reason="truncated_unread", bytes=lost)
+                return min(o.offset, size)
         for c in self._by_key.values():
             if c.entry.fp_len >= fp_len and c.path != path and not c.rotated:
                 same = c.entry.fp_len == fp_len and c.entry.fp == fp
@@ -365,6 +410,7 @@ class Tailer:
 
     def _read_all(self) -> bool:
         busy = False
+        self.paced = False
         # Rotated files first: their lines are older than the new file's.
         for c in sorted(self._by_key.values(), key=lambda c: not c.rotated):
             if self._read(c):
@@ -385,7 +431,10 @@ class Tailer:
             return False
         if c.behind_since is None:
             c.behind_since = time.monotonic()
-        budget = self._cfg.read_budget
+        budget = min(self._cfg.read_budget, self._room())
+        if budget <= 0:
+            self.paced = True
+            return False
         chunk = self._cfg.read_chunk
         splitter = c.splitter
         entry = c.entry

@@ -29,16 +29,18 @@ class Shipper:
     """A ``shipper run`` child process with its config, logs and metrics."""
 
     def __init__(self, cfg: dict[str, Any], workdir: Path, env: dict[str, str] | None = None,
-                 user: str | None = None) -> None:
+                 user: str | None = None, prefix: list[str] | None = None) -> None:
         self.cfg = cfg
         self.workdir = workdir
-        self.conf = workdir / f"shipper-{time.monotonic_ns()}.yaml"
+        self.conf = workdir / f"shipper-{time.monotonic_ns()}.yaml.conf"
         self.conf.write_text(yaml.safe_dump(cfg))
-        self.log_path = workdir / f"shipper-{time.monotonic_ns()}.log"
+        self.log_path = workdir / f"shipper-{time.monotonic_ns()}.out"
         self.metrics_url = f"http://{cfg['metrics']['listen']}"
         cmd = [sys.executable, "-m", "shipper", "run", "-c", str(self.conf)]
         if user:
             cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
+        if prefix:  # e.g. ["prlimit", "--nofile=256:256"]
+            cmd = [*prefix, *cmd]
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})},
@@ -46,16 +48,14 @@ class Shipper:
         self.wait_http()
 
     def wait_http(self, timeout: float = 20.0) -> None:
-        """Wait until /health answers."""
+        """Wait until /health answers 200 (the daemon is running)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"shipper exited {self.proc.returncode}:\n{self.logs()}")
             try:
                 urllib.request.urlopen(self.metrics_url + "/health", timeout=1).close()
-            except urllib.error.HTTPError:
-                return
-            except OSError:
+            except OSError:  # not listening yet, or 503 while starting
                 time.sleep(0.05)
                 continue
             return
@@ -115,7 +115,8 @@ class Shipper:
 
     def logs(self) -> str:
         """Everything the process printed so far."""
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def events(self) -> list[dict[str, Any]]:
@@ -189,8 +190,8 @@ def fixture_start_shipper(tmp_path: Path) -> Iterator[Callable[..., Shipper]]:
     """Factory that starts shippers and makes sure they are gone after the test."""
     started: list[Shipper] = []
 
-    def start(cfg: dict[str, Any], **kw: Any) -> Shipper:
-        s = Shipper(cfg, tmp_path, **kw)
+    def start(cfg: dict[str, Any], workdir: Path | None = None, **kw: Any) -> Shipper:
+        s = Shipper(cfg, workdir or tmp_path, **kw)
         started.append(s)
         return s
 
