@@ -21,6 +21,7 @@ DROP_REASONS = (
     "registry_unwritable",
     "partial_at_rotation",
     "shutdown",
+    "sender_error",
 )
 
 

@@ -23,6 +23,9 @@ def configure(level: str = "info", fmt: str = "json") -> None:
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
+    # kafka-python logs every failed reconnect through stdlib logging; the sender reports
+    # connectivity itself (rate-limited kafka_unavailable), so keep only its critical errors.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

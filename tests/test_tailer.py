@@ -66,12 +66,12 @@ class Harness:
         """Stop the thread without saving exact positions (what kill -9 leaves behind)."""
         assert self.tailer is not None
         t = self.tailer
-        t._stop.set()  # noqa: SLF001  # simulating a crash needs the internals
-        t._changes.event.set()  # noqa: SLF001
+        t._stop.set()  # simulating a crash needs the internals
+        t._changes.event.set()
         assert t.thread is not None
         t.thread.join(10)
-        t._watcher.stop()  # noqa: SLF001
-        for c in list(t._by_key.values()):  # noqa: SLF001
+        t._watcher.stop()
+        for c in list(t._by_key.values()):
             os.close(c.fd)
         self.tailer = None
 
@@ -150,8 +150,8 @@ def test_copytruncate_reads_the_copy_from_where_it_stopped(h: Harness) -> None:
     h.start()
     h.wait(lambda: len(h.sink.lines) >= 200)
     assert h.tailer is not None
-    h.tailer._stop.set()  # noqa: SLF001  # pause reading so the next lines are unread
-    h.tailer._changes.event.set()  # noqa: SLF001
+    h.tailer._stop.set()  # pause reading so the next lines are unread
+    h.tailer._changes.event.set()
     assert h.tailer.thread is not None
     h.tailer.thread.join(5)
     write(log, *[f"unread {i:04d}" for i in range(30)])
@@ -160,9 +160,9 @@ def test_copytruncate_reads_the_copy_from_where_it_stopped(h: Harness) -> None:
         f.truncate(0)
     write(log, *[f"after {i:04d}" for i in range(20)])
     # Resume with the same tailer state (as if it had just been slow).
-    h.tailer._stop.clear()  # noqa: SLF001
-    h.tailer._thread = threading.Thread(target=h.tailer._run, daemon=True)  # noqa: SLF001
-    h.tailer._thread.start()  # noqa: SLF001
+    h.tailer._stop.clear()
+    h.tailer._thread = threading.Thread(target=h.tailer._run, daemon=True)
+    h.tailer._thread.start()
     got = h.wait_lines(250, timeout=15)
     assert len(got) == len(set(got)), "a line was read twice"
     assert len(got) == 250
