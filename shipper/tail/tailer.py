@@ -279,7 +279,6 @@ class Tailer:
         key = f"{st.st_dev}:{st.st_ino}"
         entry = self._registry.entries.get(key)
         start: int
-        how: str
         mid_line = False
         if entry is not None and entry.fp_len <= fp_len and _fp(head[: entry.fp_len]) == entry.fp:
             if entry.restored:
