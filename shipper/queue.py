@@ -24,14 +24,15 @@ __all__ = ["DropQueue"]
 
 
 class _Chunk:
-    """A list of lines and the index of the first line not yet taken."""
+    """A list of lines from one source and the index of the first line not yet taken."""
 
-    __slots__ = ("lines", "nbytes", "start")
+    __slots__ = ("lines", "nbytes", "source", "start")
 
-    def __init__(self, lines: list[bytes], nbytes: int) -> None:
+    def __init__(self, lines: list[bytes], nbytes: int, source: str) -> None:
         self.lines = lines
         self.start = 0
         self.nbytes = nbytes  # bytes of lines[start:]
+        self.source = source
 
 
 def _prefix_fitting(
@@ -63,6 +64,7 @@ class DropQueue:
         self._woken = False
         self._stall_timeout = cfg.stall_timeout
         self._quiet_since = time.monotonic()  # last put into an empty pipeline
+        self.last_source = ""  # source of the lines the last take() returned (by_source)
 
     @property
     def lines(self) -> int:
@@ -74,8 +76,11 @@ class DropQueue:
         """Bytes waiting in the queue."""
         return self._ledger.queue_bytes
 
-    def put(self, lines: list[bytes], nbytes: int) -> None:
-        """Count ``lines`` as read and queue them; drop per policy what does not fit."""
+    def put(self, lines: list[bytes], nbytes: int, source: str = "") -> None:
+        """Count ``lines`` as read and queue them; drop per policy what does not fit.
+
+        ``source`` names where the lines come from (the file), for partitioning by file.
+        """
         n = len(lines)
         if not n:
             return
@@ -87,11 +92,11 @@ class DropQueue:
                 led.queue_lines + n <= self._max_lines
                 and led.queue_bytes + nbytes <= self._max_bytes
             ):
-                self._append(lines, nbytes)
+                self._append(lines, nbytes, source)
             elif self._drop_oldest:
-                self._put_dropping_oldest(lines, nbytes)
+                self._put_dropping_oldest(lines, nbytes, source)
             else:
-                self._put_dropping_newest(lines, nbytes)
+                self._put_dropping_newest(lines, nbytes, source)
 
     def room(self) -> int:
         """Bytes the tailer may read now; unlimited (a large number) while the queue stalls."""
@@ -107,11 +112,11 @@ class DropQueue:
             return 1 << 62  # stalled: keep reading, let the overflow drop
         return 0
 
-    def _append(self, lines: list[bytes], nbytes: int) -> None:
+    def _append(self, lines: list[bytes], nbytes: int, source: str) -> None:
         led = self._ledger
         if not led.queue_lines and not led.inflight_lines:
             self._quiet_since = time.monotonic()
-        self._chunks.append(_Chunk(lines, nbytes))
+        self._chunks.append(_Chunk(lines, nbytes, source))
         led.queue_lines += len(lines)
         led.queue_bytes += nbytes
         self._nonempty.notify()
@@ -121,7 +126,7 @@ class DropQueue:
         led.dropped_lines["queue_full"] += lines
         led.dropped_bytes["queue_full"] += nbytes
 
-    def _put_dropping_newest(self, lines: list[bytes], nbytes: int) -> None:
+    def _put_dropping_newest(self, lines: list[bytes], nbytes: int, source: str) -> None:
         led = self._ledger
         room_lines = self._max_lines - led.queue_lines
         room_bytes = self._max_bytes - led.queue_bytes
@@ -129,10 +134,10 @@ class DropQueue:
             lines, 0, room_lines, room_bytes
         )
         if k:
-            self._append(lines[:k], kb)
+            self._append(lines[:k], kb, source)
         self._drop(len(lines) - k, nbytes - kb)
 
-    def _put_dropping_oldest(self, lines: list[bytes], nbytes: int) -> None:
+    def _put_dropping_oldest(self, lines: list[bytes], nbytes: int, source: str) -> None:
         led = self._ledger
         if len(lines) > self._max_lines or nbytes > self._max_bytes:
             # The chunk alone is larger than the queue: keep its newest lines that fit.
@@ -164,14 +169,16 @@ class DropQueue:
             led.queue_bytes -= cut_bytes
             self._drop(cut, cut_bytes)
         if lines:
-            self._append(lines, nbytes)
+            self._append(lines, nbytes, source)
 
     def take(
-        self, max_lines: int, max_bytes: int, timeout: float, linger: float = 0.0
+        self, max_lines: int, max_bytes: int, timeout: float, linger: float = 0.0,
+        by_source: bool = False,
     ) -> tuple[list[bytes], int]:
         """Take up to the limits (at least one line if any), waiting up to ``timeout``.
 
         When fewer lines than a full batch are waiting, wait up to ``linger`` for more.
+        With ``by_source``, stop where the source changes; ``last_source`` names it.
         The lines stay counted as queued until the caller settles them with
         ``Ledger.sent`` or ``Ledger.dropped``. Returns ``([], 0)`` on timeout or ``wake``.
         """
@@ -198,8 +205,12 @@ class DropQueue:
             out: list[bytes] = []
             out_bytes = 0
             chunks = self._chunks
+            source = chunks[0].source if chunks else ""
+            self.last_source = source
             while chunks and len(out) < max_lines:
                 head = chunks[0]
+                if by_source and head.source != source:
+                    break
                 remaining = len(head.lines) - head.start
                 if len(out) + remaining <= max_lines and out_bytes + head.nbytes <= max_bytes:
                     out += head.lines[head.start :] if head.start else head.lines

@@ -27,7 +27,7 @@ class Sink:
         self.lock = threading.Lock()
         self.ledger = ledger
 
-    def put(self, lines: list[bytes], nbytes: int) -> None:
+    def put(self, lines: list[bytes], nbytes: int, source: str = "") -> None:
         assert nbytes == sum(map(len, lines))
         with self.lock:
             self.lines += lines

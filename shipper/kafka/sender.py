@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import enum
 import fcntl
+import socket
 import struct
 import termios
 import threading
 import time
+import zlib
 from typing import TYPE_CHECKING, Any, Final
 
 import kafka.errors as kerr
@@ -61,10 +63,13 @@ class _State(enum.Enum):
 class _Batch:
     """One encoded RecordBatch on its way to a connection; its state changes under a lock."""
 
-    __slots__ = ("deadline", "done", "lines", "nbytes", "payload", "state")
+    __slots__ = ("deadline", "done", "key", "lines", "nbytes", "payload", "state")
 
-    def __init__(self, payload: bytes, lines: int, nbytes: int, deadline: float) -> None:
+    def __init__(
+        self, payload: bytes, lines: int, nbytes: int, deadline: float, key: int | None = None
+    ) -> None:
         self.payload = payload
+        self.key = key  # partition = key % partitions; None: round-robin
         self.lines = lines
         self.nbytes = nbytes
         self.deadline = deadline
@@ -131,6 +136,7 @@ class _Client:
         )
         self._cluster: Any = self._manager.cluster
         self._routes: tuple[tuple[int, int], ...] = ()  # (partition, leader node id)
+        self._nparts = 0  # partitions of the topic, with or without a leader
         self._rr = 0
         self.connected = False
         self._down_since = time.monotonic()
@@ -196,6 +202,7 @@ class _Client:
             if leader is not None and leader >= 0:
                 routes.append((p, leader))
         new = tuple(routes)
+        self._nparts = len(parts)
         if new != self._routes:
             self._routes = new
             self._log.info(
@@ -268,11 +275,18 @@ class _Client:
             self._warn("kafka_connect_error", node=node_id, error=repr(e))
             return None
 
-    def _io_pick(self, size: int) -> tuple[Any, int, float]:
-        """Return (connection, partition, 0) for the next ready partition, or (None, -1, wait)."""
+    def _io_pick(self, size: int, key: int | None = None) -> tuple[Any, int, float]:
+        """Return (connection, partition, 0) for the next ready partition, or (None, -1, wait).
+
+        With a ``key``, only partition ``key % partitions`` will do (partition_by file/host).
+        """
         routes = self._routes
         n = len(routes)
         wait = _RECHECK_CONN
+        if key is not None:
+            want = key % self._nparts if self._nparts else -1
+            routes = tuple(r for r in routes if r[0] == want)
+            n = len(routes)
         for k in range(n):
             i = (self._rr + k) % n
             partition, leader = routes[i]
@@ -334,7 +348,7 @@ class _Client:
                     elif now >= batch.deadline:
                         batch.state = _State.UNAVAILABLE
                     else:
-                        conn, partition, wait = self._io_pick(size)
+                        conn, partition, wait = self._io_pick(size, batch.key)
                         if conn is not None:
                             if self._io_write(conn, partition, batch):  # never raises
                                 batch.state = _State.SENT
@@ -401,12 +415,6 @@ class KafkaSender:
         """Start the sender thread and return at once; it connects in the background."""
         if self._thread is not None:
             raise RuntimeError("KafkaSender already started")
-        if self._cfg.partition_by != "none":
-            self._log.warning(
-                "kafka_partition_by_unsupported",
-                partition_by=self._cfg.partition_by,
-                using="round-robin per batch",
-            )
         self._thread = threading.Thread(target=self._run, name="shipper-sender", daemon=True)
         self._thread.start()
 
@@ -463,6 +471,10 @@ class KafkaSender:
         cfg = self._cfg
         take = self._queue.take
         max_bytes, max_lines = cfg.batch_max_bytes, cfg.batch_max_lines
+        by_file = cfg.partition_by == "file"
+        key: int | None = None
+        if cfg.partition_by == "host":
+            key = zlib.crc32(socket.gethostname().encode())
         while True:
             draining = self._stopping.is_set()
             if draining and time.monotonic() >= self._stop_deadline[0]:
@@ -474,7 +486,11 @@ class KafkaSender:
                 out = None
             # While a batch is still on its way, do not sleep on an empty queue: settle it.
             idle = 0.0 if draining or out is not None else _IDLE_WAIT
-            lines, nbytes = take(max_lines, self._raw_budget, idle, 0.0 if draining else cfg.linger)
+            lines, nbytes = take(
+                max_lines, self._raw_budget, idle, 0.0 if draining else cfg.linger, by_file
+            )
+            if by_file:
+                key = zlib.crc32(self._queue.last_source.encode())
             if not lines:
                 self._finish_outstanding()
                 if draining:
@@ -492,7 +508,7 @@ class KafkaSender:
                     continue
                 payload = encode_batch(run, int(time.time() * 1000), self._compression)
                 self._finish_outstanding()  # at most one batch waits while we encode the next
-                self._submit(client, _Batch(payload, len(run), raw, 0.0))
+                self._submit(client, _Batch(payload, len(run), raw, 0.0, key))
 
     def _adapt_budget(self, n: int, nbytes: int) -> None:
         # Take about one batch worth of raw bytes, so a take rarely splits into two batches.
