@@ -21,6 +21,10 @@ from shipper.tail import Registry, Tailer
 
 __all__ = ["Daemon"]
 
+# Room a single-record batch needs beyond its value: batch header (61 bytes) and the
+# record's varints, attributes and header count, rounded up.
+_RECORD_ROOM = 128
+
 
 class Daemon:
     """Builds every component from its own slice of the config and runs them."""
@@ -33,7 +37,13 @@ class Daemon:
         self.registry = Registry(cfg.registry.path, cfg.registry.reserve,
                                  cfg.registry.forget_after)
         self.sender = KafkaSender(cfg.kafka, self.queue, self.ledger, self.log)
-        self.tailer = Tailer(cfg.inputs, cfg.tail, registry=self.registry, put=self.queue.put,
+        # A line must fit in one batch the broker accepts: long_lines applies at that limit.
+        limit = cfg.kafka.batch_max_bytes - _RECORD_ROOM
+        inputs = [
+            i.model_copy(update={"max_line_bytes": min(i.max_line_bytes, limit)})
+            for i in cfg.inputs
+        ]
+        self.tailer = Tailer(inputs, cfg.tail, registry=self.registry, put=self.queue.put,
                              room=self.queue.room,
                              ledger=self.ledger, log=self.log)
         self.metrics: MetricsServer | None = None
