@@ -20,7 +20,11 @@ from itertools import accumulate
 from shipper.config import QueueConfig
 from shipper.ledger import Ledger
 
-__all__ = ["DropQueue"]
+__all__ = ["LINE_OVERHEAD", "DropQueue"]
+
+#: Bytes of Python bookkeeping per queued line (bytes object header and list slot),
+#: counted against ``queue.max_bytes`` so the bound is a bound on memory, not just payload.
+LINE_OVERHEAD = 48
 
 
 class _Chunk:
@@ -36,14 +40,15 @@ class _Chunk:
 
 
 def _prefix_fitting(
-    lines: list[bytes], start: int, max_lines: int, max_bytes: int
+    lines: list[bytes], start: int, max_lines: int, max_cost: int, overhead: int = 0
 ) -> tuple[int, int]:
-    """Return (count, nbytes) of the longest run of ``lines[start:]`` within both limits."""
+    """Return (count, payload bytes) of the longest run of ``lines[start:]`` with at most
+    ``max_lines`` lines costing at most ``max_cost`` (payload + ``overhead`` per line)."""
     end = min(len(lines), start + max_lines)
     total = 0
     count = 0
     for total_after in accumulate(map(len, lines[start:end])):
-        if total_after > max_bytes:
+        if total_after + overhead * (count + 1) > max_cost:
             break
         total = total_after
         count += 1
@@ -90,7 +95,8 @@ class DropQueue:
             led.read_bytes += nbytes
             if (
                 led.queue_lines + n <= self._max_lines
-                and led.queue_bytes + nbytes <= self._max_bytes
+                and led.queue_bytes + nbytes + LINE_OVERHEAD * (led.queue_lines + n)
+                <= self._max_bytes
             ):
                 self._append(lines, nbytes, source)
             elif self._drop_oldest:
@@ -102,7 +108,7 @@ class DropQueue:
         """Bytes the tailer may read now; unlimited (a large number) while the queue stalls."""
         led = self._ledger
         free_lines = self._max_lines - led.queue_lines
-        free_bytes = self._max_bytes - led.queue_bytes
+        free_bytes = self._max_bytes - led.queue_bytes - LINE_OVERHEAD * led.queue_lines
         if free_lines > 0 and free_bytes > 0:
             # Estimate bytes per line from what was read so far, with a margin of two for
             # lines shorter than the average.
@@ -129,9 +135,9 @@ class DropQueue:
     def _put_dropping_newest(self, lines: list[bytes], nbytes: int, source: str) -> None:
         led = self._ledger
         room_lines = self._max_lines - led.queue_lines
-        room_bytes = self._max_bytes - led.queue_bytes
+        room_bytes = self._max_bytes - led.queue_bytes - LINE_OVERHEAD * led.queue_lines
         k, kb = (0, 0) if room_lines <= 0 or room_bytes <= 0 else _prefix_fitting(
-            lines, 0, room_lines, room_bytes
+            lines, 0, room_lines, room_bytes, LINE_OVERHEAD
         )
         if k:
             self._append(lines[:k], kb, source)
@@ -139,28 +145,29 @@ class DropQueue:
 
     def _put_dropping_oldest(self, lines: list[bytes], nbytes: int, source: str) -> None:
         led = self._ledger
-        if len(lines) > self._max_lines or nbytes > self._max_bytes:
+        ovh = LINE_OVERHEAD
+        max_lines, max_cost = self._max_lines, self._max_bytes
+        if len(lines) > max_lines or nbytes + ovh * len(lines) > max_cost:
             # The chunk alone is larger than the queue: keep its newest lines that fit.
-            rev = lines[::-1]
-            k, kb = _prefix_fitting(rev, 0, self._max_lines, self._max_bytes)
+            k, kb = _prefix_fitting(lines[::-1], 0, max_lines, max_cost, ovh)
             self._drop(len(lines) - k, nbytes - kb)
             lines, nbytes = lines[len(lines) - k :], kb
+        n = len(lines)
         chunks = self._chunks
-        while chunks and (
-            led.queue_lines + len(lines) > self._max_lines
-            or led.queue_bytes + nbytes > self._max_bytes
-        ):
+        while chunks:
+            need_lines = led.queue_lines + n - max_lines
+            need_cost = led.queue_bytes + nbytes + ovh * (led.queue_lines + n) - max_cost
+            if need_lines <= 0 and need_cost <= 0:
+                break
             head = chunks[0]
-            need_lines = led.queue_lines + len(lines) - self._max_lines
-            need_bytes = led.queue_bytes + nbytes - self._max_bytes
             remaining = len(head.lines) - head.start
-            if need_lines >= remaining or need_bytes >= head.nbytes:
+            if need_lines >= remaining or need_cost >= head.nbytes + ovh * remaining:
                 chunks.popleft()
                 cut, cut_bytes = remaining, head.nbytes
             else:
                 cut = max(need_lines, 0)
                 cut_bytes = sum(map(len, head.lines[head.start : head.start + cut]))
-                while cut_bytes < need_bytes:
+                while cut_bytes + ovh * cut < need_cost:
                     cut_bytes += len(head.lines[head.start + cut])
                     cut += 1
                 head.start += cut

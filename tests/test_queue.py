@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from shipper.config import QueueConfig
 from shipper.ledger import Ledger
-from shipper.queue import DropQueue
+from shipper.queue import LINE_OVERHEAD, DropQueue
 
 
 def make(max_lines: int = 10, max_bytes: int = 1024, when_full: str = "drop_newest"
@@ -133,7 +133,7 @@ def test_ledger_balances_and_order_is_kept(
         s = led.snapshot()
         assert s.balanced
         assert q.lines <= max_lines
-        assert q.nbytes <= max_bytes
+        assert q.nbytes + LINE_OVERHEAD * q.lines <= max_bytes
     taken += q.take(10**9, 10**9, 0)[0]
     ids = [int(x.split(b":", 1)[0]) for x in taken]
     assert ids == sorted(set(ids))
