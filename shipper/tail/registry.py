@@ -6,6 +6,11 @@ Each entry maps a file identity (device, inode and a fingerprint of its first by
 ``end + reserve`` (temp file, fsync, rename, fsync of the directory) first. After a crash the
 tailer resumes at the durable offset, so a line can be skipped (counted ``lost_on_crash``)
 but never re-read. On a clean stop the exact offsets are written.
+
+To keep fsync off the reading path, a background writer saves the next reservation while
+the tailer still reads inside the current one (once half of it is used). The snapshot to
+write is always taken on the tailer's thread; the writer only writes and fsyncs, and the
+tailer applies the saved offsets when it next asks.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import contextlib
 import json
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,11 +47,31 @@ class Entry:
     exact: int  # offset of the first byte not yet turned into a line (on disk: as of the save)
     seen: float  # wall-clock time the file was last seen
     restored: bool = True  # loaded from disk and not yet reopened in this run
+    want: int = 0  # a reservation asked for, not yet saved
+    gen: int = 0  # bumped when the identity changes (truncation): older saves do not apply
+
+    def reidentify(self, fp_len: int, fp: str) -> None:
+        """Start over at offset 0 with new content (after a truncation)."""
+        self.fp_len, self.fp = fp_len, fp
+        self.exact = 0
+        self.durable = -1  # forces a save (with the new fingerprint) before new lines
+        self.want = 0
+        self.gen += 1
 
     @property
     def key(self) -> str:
         """The identity key: ``dev:ino``."""
         return f"{self.dev}:{self.ino}"
+
+
+@dataclass(slots=True, eq=False)
+class _Job:
+    """One background save: the bytes, what they promise, and how it went."""
+
+    data: bytes
+    applied: list[tuple[Entry, int, int]]
+    done: bool = False
+    ok: bool = False
 
 
 class Registry:
@@ -60,6 +86,72 @@ class Registry:
         self.healthy = True  # the last write succeeded
         self.last_error: str | None = None
         self.writes = 0
+        self._job: _Job | None = None  # the background write in progress, if any
+        self._wake = threading.Condition()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+
+    # -- the background writer --------------------------------------------------------
+    def start(self) -> None:
+        """Start the writer thread that saves reservations ahead of need."""
+        self._thread = threading.Thread(target=self._run, name="shipper-registry",
+                                        daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Finish the write in progress and stop the writer thread."""
+        self._drain()
+        with self._wake:
+            self._closing = True
+            self._wake.notify_all()
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closing and (self._job is None or self._job.done):
+                    self._wake.wait()
+                if self._closing:
+                    return
+                job = self._job
+            assert job is not None
+            job.ok = self._write(job.data)
+            with self._wake:
+                job.done = True
+                self._wake.notify_all()
+
+    def _submit(self) -> None:
+        """Start a background save of every wanted reservation, unless one is running."""
+        self._collect()
+        if self._thread is None or self._job is not None:
+            return
+        data, applied = self._snapshot(exact=False)
+        with self._wake:
+            self._job = _Job(data, applied)
+            self._wake.notify_all()
+
+    def _collect(self) -> None:
+        """Apply a finished background save."""
+        job = self._job
+        if job is None or not job.done:
+            return
+        self._job = None
+        self._finish(job.ok, job.applied, exact=False)
+
+    def _drain(self) -> None:
+        """Wait for the background save in progress, then apply it."""
+        job = self._job
+        if job is None:
+            return
+        with self._wake:
+            while not job.done and self._thread is not None and self._thread.is_alive():
+                self._wake.wait(1.0)
+        if not job.done:  # the writer is gone: its write may or may not have happened
+            self._job = None
+            return
+        self._collect()
 
     def load(self) -> None:
         """Read the file; raise RegistryCorruptError (keeping a copy) if it is unreadable."""
@@ -95,30 +187,57 @@ class Registry:
         return len(old)
 
     def reserve(self, entry: Entry, end: int) -> bool:
-        """Make sure ``entry``'s durable offset covers ``end``; False if that cannot be saved."""
+        """Make sure ``entry``'s durable offset covers ``end``; False if that cannot be saved.
+
+        Blocks on a save only when ``end`` is past what is durable; once half of the
+        reservation is used, the next one is saved in the background.
+        """
+        self._collect()
+        ahead = end + self.reserve_bytes
+        if end <= entry.durable:
+            if self._thread is not None and entry.durable - end < self.reserve_bytes // 2:
+                entry.want = max(entry.want, ahead)
+                self._submit()
+            return True
+        self._drain()
         if end <= entry.durable:
             return True
-        old = entry.durable
-        entry.durable = end + self.reserve_bytes
-        if self.save():
-            return True
-        entry.durable = old
-        return False
+        entry.want = max(entry.want, ahead)
+        return self.save()
+
+    def _snapshot(self, exact: bool) -> tuple[bytes, list[tuple[Entry, int, int]]]:
+        """Serialise every entry (on the tailer's thread): the bytes and what they promise."""
+        files = []
+        applied = []
+        for e in list(self.entries.values()):
+            # After a truncation durable is -1 until the next save: nothing past exact was
+            # handed on then, so exact is a safe position to resume at.
+            off = e.exact if exact else max(e.durable, e.want, e.exact)
+            files.append({
+                "dev": e.dev, "ino": e.ino, "fp_len": e.fp_len, "fp": e.fp,
+                "path": e.path, "offset": off, "exact": e.exact, "seen": round(e.seen, 3),
+            })
+            applied.append((e, e.gen, off))
+        data = json.dumps({"version": VERSION, "files": files}, separators=(",", ":")).encode()
+        return data, applied
+
+    def _finish(self, ok: bool, applied: list[tuple[Entry, int, int]], exact: bool) -> None:
+        if not ok:
+            return
+        for e, gen, off in applied:
+            if e.gen == gen:
+                e.durable = off if exact else max(e.durable, off)
 
     def save(self, exact: bool = False) -> bool:
-        """Rewrite the file atomically; with ``exact``, store exact offsets (clean stop)."""
-        files = []
-        for e in self.entries.values():
-            if exact:
-                e.durable = e.exact
-            files.append({
-                # durable is -1 after a truncation until the next reserve: nothing past
-                # exact was handed on then, so exact is the position to resume at.
-                "dev": e.dev, "ino": e.ino, "fp_len": e.fp_len, "fp": e.fp,
-                "path": e.path, "offset": max(e.durable, e.exact), "exact": e.exact,
-                "seen": round(e.seen, 3),
-            })
-        data = json.dumps({"version": VERSION, "files": files}, separators=(",", ":")).encode()
+        """Rewrite the file now; with ``exact``, store exact offsets (clean stop)."""
+        self._drain()
+        data, applied = self._snapshot(exact)
+        ok = self._write(data)
+        self._finish(ok, applied, exact)
+        return ok
+
+    def _write(self, data: bytes) -> bool:
+        """Write ``data`` atomically: temp file, fsync, rename, fsync of the directory."""
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
