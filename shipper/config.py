@@ -27,6 +27,7 @@ __all__ = [
     "KafkaConfig",
     "LogConfig",
     "MetricsConfig",
+    "MultilineConfig",
     "QueueConfig",
     "RegistryConfig",
     "ShutdownConfig",
@@ -87,6 +88,23 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
 
+class MultilineConfig(_Model):
+    """Join continuation lines (stack traces) into one record."""
+
+    start_pattern: str
+    max_lines: int = Field(500, ge=1)
+    timeout: Duration = 1.0
+
+    @field_validator("start_pattern")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        try:
+            re.compile(v.encode())
+        except re.error as e:
+            raise ValueError(f"invalid regular expression: {e}") from None
+        return v
+
+
 class InputConfig(_Model):
     """One group of files to tail."""
 
@@ -98,6 +116,7 @@ class InputConfig(_Model):
     follow_symlinks: bool = False
     ignore_older: Duration | None = None
     close_inactive: Duration = 300.0
+    multiline: MultilineConfig | None = None
 
     @field_validator("paths")
     @classmethod
