@@ -324,3 +324,21 @@ def test_many_files_with_a_low_open_file_bound(tmp_path: Path) -> None:
         assert len(got) == len(set(got)) == 120
     finally:
         h.stop()
+
+
+def test_multiline_joins_stack_traces(tmp_path: Path) -> None:
+    """With multiline, a stack trace is one record; the last one goes out after timeout."""
+    root = tmp_path / "logs"
+    root.mkdir()
+    h = Harness(root, tmp_path / "state",
+                multiline={"start_pattern": r"^\d{4}-", "timeout": 0.2}).start()
+    try:
+        write(root / "app.log", "2026-01-01 boom", "Traceback (most recent call last):",
+              "  File \"x.py\", line 1", "ValueError: no", "2026-01-01 next")
+        assert h.wait_lines(2) == [
+            b'2026-01-01 boom\nTraceback (most recent call last):\n  File "x.py", line 1\n'
+            b"ValueError: no",
+            b"2026-01-01 next",
+        ]
+    finally:
+        h.stop()

@@ -24,11 +24,12 @@ from shipper.ledger import Ledger
 from shipper.log import RateLimiter
 from shipper.tail.discovery import ChangeSet, Matcher, Watcher, base_dir
 from shipper.tail.lines import LineSplitter
+from shipper.tail.multiline import Multiline
 from shipper.tail.registry import Entry, Registry, RegistryCorruptError
 
 __all__ = ["Tailer"]
 
-Put = Callable[[list[bytes], int], None]
+Put = Callable[[list[bytes], int, str], None]
 Room = Callable[[], int]
 
 
@@ -77,7 +78,7 @@ class _Cursor:
     last_growth: float = 0.0
     rotated: bool = False
     behind_since: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    ml: Multiline | None = None  # joins continuation lines when the input asks for it
 
 
 class Tailer:
@@ -121,6 +122,7 @@ class Tailer:
     def start(self) -> None:
         """Load the registry, start watching and start the reading thread."""
         self._load_registry()
+        self._registry.start()
         for m in self._matchers:
             for pattern in m.patterns:
                 d, rec = base_dir(pattern)
@@ -141,6 +143,7 @@ class Tailer:
         if not self._registry.save(exact=True):
             self._log.error("registry_unwritable", path=str(self._registry.path),
                             error=self._registry.last_error)
+        self._registry.close()
 
     @property
     def thread(self) -> threading.Thread | None:
@@ -280,7 +283,9 @@ class Tailer:
         entry = self._registry.entries.get(key)
         start: int
         mid_line = False
-        if entry is not None and entry.fp_len <= fp_len and _fp(head[: entry.fp_len]) == entry.fp:
+        # An entry of a file that was empty (fp_len 0) matches anything: no identity.
+        if entry is not None and 0 < entry.fp_len <= fp_len and (
+                _fp(head[: entry.fp_len]) == entry.fp):
             if entry.restored:
                 start, mid_line = self._resume_at(entry, fd, size)
                 entry.restored = False
@@ -289,12 +294,12 @@ class Tailer:
                 start = min(entry.exact, size)
                 how = "reopened"
         else:
-            if entry is not None:
-                self._ledger.event("identity_changed")
             copy = self._match_copy(path, fp_len, fp, size)
             if copy == "defer":
                 os.close(fd)
                 return
+            if entry is not None:
+                self._ledger.event("identity_changed")
             if isinstance(copy, int):
                 start = copy
                 how = "copy"
@@ -317,6 +322,9 @@ class Tailer:
         c = _Cursor(path=path, inp=idx, fd=fd, entry=entry, read_off=start,
                     splitter=LineSplitter(inp.max_line_bytes, inp.long_lines),
                     size_seen=size, last_growth=time.monotonic())
+        if inp.multiline is not None:
+            m = inp.multiline
+            c.ml = Multiline(m.start_pattern, m.max_lines, m.timeout)
         if mid_line:
             c.splitter.skip_line()
         self._by_key[key] = c
@@ -446,9 +454,14 @@ class Tailer:
             lines, nbytes = splitter.feed(data)
             if splitter.truncated or splitter.too_long:
                 self._report_long(c, splitter)
+            if lines and c.ml is not None:
+                lines = c.ml.feed(lines)
+                nbytes = sum(map(len, lines))
+                if not lines:  # all pending in the multiline joiner
+                    entry.exact = c.read_off - len(splitter.partial)
             if lines:
                 end = c.read_off if splitter.skipping else c.read_off - len(splitter.partial)
-                self._hand_on(entry, end, lines, nbytes)
+                self._hand_on(entry, end, lines, nbytes, c.path)
             elif splitter.skipping:
                 entry.exact = c.read_off
         c.last_growth = time.monotonic()
@@ -457,9 +470,11 @@ class Tailer:
             c.behind_since = None
         return budget <= 0
 
-    def _hand_on(self, entry: Entry, end: int, lines: list[bytes], nbytes: int) -> None:
+    def _hand_on(
+        self, entry: Entry, end: int, lines: list[bytes], nbytes: int, source: str
+    ) -> None:
         if self._registry.reserve(entry, end):
-            self._put(lines, nbytes)
+            self._put(lines, nbytes, source)
             if self.degraded:
                 self.degraded = False
                 self._log.info("registry_recovered", path=str(self._registry.path))
@@ -503,9 +518,7 @@ class Tailer:
         self._ledger.event("files_truncated")
         self._log.info("file_truncated", path=c.path, offset=c.read_off, size=size)
         head = os.pread(c.fd, self._cfg.fingerprint_bytes, 0)
-        e.fp_len, e.fp = len(head), _fp(head)
-        e.exact = 0
-        e.durable = -1  # forces a registry write (with the new fingerprint) before new lines
+        e.reidentify(len(head), _fp(head))
         c.read_off = 0
         c.size_seen = size
         c.splitter = LineSplitter(self._inputs[c.inp].max_line_bytes,
@@ -519,6 +532,8 @@ class Tailer:
     def _housekeeping(self, now: float) -> None:
         cfg = self._cfg
         for c in list(self._by_key.values()):
+            if c.ml is not None and c.ml.due(now):
+                self._flush_multiline(c)
             idle = now - c.last_growth
             if c.rotated and idle >= cfg.rotate_wait and c.read_off >= c.size_seen:
                 self._close(c, flush_partial=True)
@@ -550,12 +565,21 @@ class Tailer:
         for i in range(len(self._inputs)):
             led.set_gauge(f"bytes_behind:{i}", behind.get(i, 0))
 
+    def _flush_multiline(self, c: _Cursor) -> None:
+        """Hand on the record the multiline joiner holds (complete lines, so always safe)."""
+        assert c.ml is not None
+        rec = c.ml.flush()
+        if rec is not None:
+            self._hand_on(c.entry, c.entry.exact, [rec], len(rec), c.path)
+
     def _close(self, c: _Cursor, flush_partial: bool) -> None:
+        if c.ml is not None:
+            self._flush_multiline(c)
         if flush_partial:
             tail = c.splitter.flush()
             if tail is not None:
                 self._ledger.event("partial_lines_flushed")
-                self._hand_on(c.entry, c.read_off, [tail], len(tail))
+                self._hand_on(c.entry, c.read_off, [tail], len(tail), c.path)
         try:
             gone = os.fstat(c.fd).st_nlink == 0
         except OSError:
