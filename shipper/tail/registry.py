@@ -8,7 +8,7 @@ tailer resumes at the durable offset, so a line can be skipped (counted ``lost_o
 but never re-read. On a clean stop the exact offsets are written.
 
 To keep fsync off the reading path, a background writer saves the next reservation while
-the tailer still reads inside the current one (once half of it is used). The snapshot to
+the tailer still reads inside the current one (once a quarter is used). The snapshot to
 write is always taken on the tailer's thread; the writer only writes and fsyncs, and the
 tailer applies the saved offsets when it next asks.
 """
@@ -195,7 +195,9 @@ class Registry:
         self._collect()
         ahead = end + self.reserve_bytes
         if end <= entry.durable:
-            if self._thread is not None and entry.durable - end < self.reserve_bytes // 2:
+            # Once a quarter of the reservation is used, save the next one in the background:
+            # at full read speed the save then completes before the reservation runs out.
+            if self._thread is not None and entry.durable - end < self.reserve_bytes * 3 // 4:
                 entry.want = max(entry.want, ahead)
                 self._submit()
             return True
@@ -240,7 +242,8 @@ class Registry:
         """Write ``data`` atomically: temp file, fsync, rename, fsync of the directory."""
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.writes:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
                 view = memoryview(data)
