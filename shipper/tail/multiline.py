@@ -39,6 +39,11 @@ class Multiline:
             self._since = time.monotonic()
         return out
 
+    @property
+    def pending_bytes(self) -> int:
+        """File bytes of the pending record (lines plus newlines; CRs not counted)."""
+        return sum(map(len, self._pending)) + len(self._pending)
+
     def due(self, now: float) -> bool:
         """True when a pending record has waited ``timeout`` for a continuation."""
         return bool(self._pending) and now - self._since >= self._timeout

@@ -16,7 +16,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from shipper.config import InputConfig, TailConfig
@@ -139,7 +139,7 @@ class Tailer:
             self._thread.join(timeout=30)
         self._watcher.stop()
         for c in list(self._by_key.values()):
-            self._close(c, flush_partial=False)
+            self._close(c, "shutdown")
         if not self._registry.save(exact=True):
             self._log.error("registry_unwritable", path=str(self._registry.path),
                             error=self._registry.last_error)
@@ -281,8 +281,7 @@ class Tailer:
         now = time.time()
         key = f"{st.st_dev}:{st.st_ino}"
         entry = self._registry.entries.get(key)
-        start: int
-        mid_line = False
+        mid_line = False  # resuming inside a line (after a crash)
         # An entry of a file that was empty (fp_len 0) matches anything: no identity.
         if entry is not None and 0 < entry.fp_len <= fp_len and (
                 _fp(head[: entry.fp_len]) == entry.fp):
@@ -294,44 +293,51 @@ class Tailer:
                 start = min(entry.exact, size)
                 how = "reopened"
         else:
-            copy = self._match_copy(path, fp_len, fp, size)
-            if copy == "defer":
+            new = self._new_entry(path, inp, st, fp_len, fp, known=entry is not None)
+            if new is None:
                 os.close(fd)
                 return
-            if entry is not None:
-                self._ledger.event("identity_changed")
-            if isinstance(copy, int):
-                start = copy
-                how = "copy"
-            elif self._initial and (self._registry_reset or (
-                    not self._registry.existed and inp.start_at == "end")):
-                start = size
-                how = "end"
-            else:
-                start = 0
-                how = "beginning"
-            entry = Entry(dev=st.st_dev, ino=st.st_ino, fp_len=fp_len, fp=fp, path=path,
-                          durable=start, exact=start, seen=now, restored=False)
-            self._registry.entries[key] = entry
-            if start:  # on failure the next reserve() retries; nothing goes on before
-                self._registry.save()
+            entry, start, how = new
         entry.path = path
         entry.seen = now
         if entry.fp_len < fp_len and _fp(head[: entry.fp_len]) == entry.fp:
             entry.fp_len, entry.fp = fp_len, fp
         c = _Cursor(path=path, inp=idx, fd=fd, entry=entry, read_off=start,
-                    splitter=LineSplitter(inp.max_line_bytes, inp.long_lines),
+                    splitter=LineSplitter(inp.max_line_bytes, inp.long_lines,
+                                          mid_line=mid_line),
                     size_seen=size, last_growth=time.monotonic())
         if inp.multiline is not None:
             m = inp.multiline
             c.ml = Multiline(m.start_pattern, m.max_lines, m.timeout)
-        if mid_line:
-            c.splitter.skip_line()
         self._by_key[key] = c
         self._by_path[path] = c
         self._pending_copies.pop(path, None)
         self._ledger.event("files_opened")
         self._log.info("file_opened", path=path, offset=start, size=size, start=how)
+
+    def _new_entry(self, path: str, inp: InputConfig, st: os.stat_result, fp_len: int,
+                   fp: str, *, known: bool) -> tuple[Entry, int, str] | None:
+        """Registry entry and start offset for a file not known by this identity; None
+        to wait (a copy of a file being read, or an empty new file)."""
+        size = st.st_size
+        copy = self._match_copy(path, fp_len, fp, size)
+        if copy == "defer":
+            return None
+        if known:
+            self._ledger.event("identity_changed")
+        if isinstance(copy, int):
+            start, how = copy, "copy"
+        elif self._initial and (self._registry_reset or (
+                not self._registry.existed and inp.start_at == "end")):
+            start, how = size, "end"
+        else:
+            start, how = 0, "beginning"
+        entry = Entry(dev=st.st_dev, ino=st.st_ino, fp_len=fp_len, fp=fp, path=path,
+                      durable=start, exact=start, seen=time.time(), restored=False)
+        self._registry.entries[entry.key] = entry
+        if start:  # on failure the next reserve() retries; nothing goes on before
+            self._registry.save()
+        return entry, start, how
 
     def _resume_at(self, entry: Entry, fd: int, size: int) -> tuple[int, bool]:
         """Where to resume a file known from the registry on disk; True if inside a line."""
@@ -390,7 +396,7 @@ class Tailer:
             return False
         victim = min(idle, key=lambda c: c.last_growth)
         self._ledger.event("files_closed_for_room")
-        self._close(victim, flush_partial=False)
+        self._close(victim, "room")
         return True
 
     # -- following ----------------------------------------------------------------------
@@ -454,21 +460,28 @@ class Tailer:
             lines, nbytes = splitter.feed(data)
             if splitter.truncated or splitter.too_long:
                 self._report_long(c, splitter)
-            if lines and c.ml is not None:
-                lines = c.ml.feed(lines)
-                nbytes = sum(map(len, lines))
-                if not lines:  # all pending in the multiline joiner
-                    entry.exact = c.read_off - len(splitter.partial)
-            if lines:
-                end = c.read_off if splitter.skipping else c.read_off - len(splitter.partial)
+            end = c.read_off if splitter.skipping else c.read_off - len(splitter.partial)
+            if c.ml is not None:
+                self._hand_on_joined(c, end, lines)
+            elif lines:
                 self._hand_on(entry, end, lines, nbytes, c.path)
             elif splitter.skipping:
-                entry.exact = c.read_off
+                entry.exact = end
         c.last_growth = time.monotonic()
         c.size_seen = max(c.size_seen, c.read_off)
         if c.read_off >= c.size_seen:
             c.behind_since = None
         return budget <= 0
+
+    def _hand_on_joined(self, c: _Cursor, end: int, lines: list[bytes]) -> None:
+        """Multiline: hand on finished records; the pending one's bytes stay unconsumed."""
+        assert c.ml is not None
+        records = c.ml.feed(lines) if lines else []
+        if records:
+            self._hand_on(c.entry, end, records, sum(map(len, records)), c.path)
+        # Lines still held by the joiner are not consumed yet: a crash loses them within
+        # the reservation, and they are counted (lost_on_crash) like any unread bytes.
+        c.entry.exact = max(end - c.ml.pending_bytes, 0)
 
     def _hand_on(
         self, entry: Entry, end: int, lines: list[bytes], nbytes: int, source: str
@@ -530,29 +543,40 @@ class Tailer:
 
     # -- housekeeping -------------------------------------------------------------------
     def _housekeeping(self, now: float) -> None:
+        self._close_idle(now)
+        self._expire(now)
+        if self._registry.forget_old(time.time(), set(self._by_key)):
+            self._registry.save()
+        if not self._registry.healthy and self._registry.save():
+            self.degraded = False
+        self._report_gauges(now)
+
+    def _close_idle(self, now: float) -> None:
+        """Flush due multiline records; close rotated files and inactive ones."""
         cfg = self._cfg
         for c in list(self._by_key.values()):
             if c.ml is not None and c.ml.due(now):
                 self._flush_multiline(c)
             idle = now - c.last_growth
             if c.rotated and idle >= cfg.rotate_wait and c.read_off >= c.size_seen:
-                self._close(c, flush_partial=True)
+                self._close(c, "rotated")
             elif not c.rotated and idle >= self._inputs[c.inp].close_inactive and (
                     c.read_off >= c.size_seen):
                 self._ledger.event("files_closed_inactive")
-                self._close(c, flush_partial=False)
+                self._close(c, "inactive")
+
+    def _expire(self, now: float) -> None:
+        """Count truncation losses no copy turned up for; forget stale pending copies."""
         for o in [o for o in self._orphans if now >= o.expires]:
             self._orphans.remove(o)
             if o.lost:
                 self._ledger.lost_bytes("truncated_unread", o.lost)
                 self._warn("bytes_lost", reason="truncated_unread", bytes=o.lost)
         for path, give_up in list(self._pending_copies.items()):
-            if give_up and now > give_up + cfg.rotate_wait * 2:
+            if give_up and now > give_up + self._cfg.rotate_wait * 2:
                 del self._pending_copies[path]
-        if self._registry.forget_old(time.time(), set(self._by_key)):
-            self._registry.save()
-        if not self._registry.healthy and self._registry.save():
-            self.degraded = False
+
+    def _report_gauges(self, now: float) -> None:
         behind: dict[int, int] = {}
         oldest = 0.0
         for c in self._by_key.values():
@@ -570,12 +594,15 @@ class Tailer:
         assert c.ml is not None
         rec = c.ml.flush()
         if rec is not None:
-            self._hand_on(c.entry, c.entry.exact, [rec], len(rec), c.path)
+            s = c.splitter
+            end = c.read_off if s.skipping else c.read_off - len(s.partial)
+            self._hand_on(c.entry, end, [rec], len(rec), c.path)
 
-    def _close(self, c: _Cursor, flush_partial: bool) -> None:
+    def _close(self, c: _Cursor, reason: str) -> None:
+        """Close ``c``; a rotated file's partial last line is shipped (it will not grow)."""
         if c.ml is not None:
             self._flush_multiline(c)
-        if flush_partial:
+        if reason == "rotated":
             tail = c.splitter.flush()
             if tail is not None:
                 self._ledger.event("partial_lines_flushed")
@@ -591,8 +618,7 @@ class Tailer:
         if gone:
             self._registry.entries.pop(c.entry.key, None)
         self._ledger.event("files_closed")
-        self._log.info("file_closed", path=c.path, offset=c.read_off,
-                       reason="rotated" if c.rotated else "inactive")
+        self._log.info("file_closed", path=c.path, offset=c.read_off, reason=reason)
 
     def _warn(self, event: str, **kw: Any) -> None:
         key = f"{event}:{kw.get('path', '')}"
