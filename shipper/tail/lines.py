@@ -25,20 +25,18 @@ class LineSplitter:
         "truncated",
     )
 
-    def __init__(self, max_line_bytes: int, policy: str = "truncate") -> None:
+    def __init__(self, max_line_bytes: int, policy: str = "truncate", *,
+                 mid_line: bool = False) -> None:
         self._max = max_line_bytes
         self._drop = policy == "drop"
         self.partial = b""
-        self.skipping = False  # inside the tail of a long line, discarding up to its newline
-        self._resuming = False  # the skipped tail is of a line cut by a crash, not a long line
+        # Inside the tail of a long line, discarding up to its newline; or, with
+        # ``mid_line``, inside a line whose head was skipped (reading resumes after a crash).
+        self.skipping = mid_line
+        self._resuming = mid_line
         self.truncated = 0  # lines emitted truncated since last reset_counts()
         self.too_long = 0  # lines dropped as too long since last reset_counts()
         self.too_long_bytes = 0
-
-    def skip_line(self) -> None:
-        """Discard input up to the next newline: reading resumes inside a line."""
-        self.skipping = True
-        self._resuming = True
 
     def reset_counts(self) -> None:
         """Zero the per-call policy counters (the caller has reported them)."""
