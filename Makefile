@@ -27,6 +27,8 @@ venv: $(STAMP)
 # The test session starts its own broker on a free port (or uses KAFKA_BOOTSTRAP) and
 # stops it at the end, even on failure.
 test: $(STAMP)
+	$(BIN)/ruff check shipper tests bench scripts
+	$(BIN)/mypy
 	scripts/kafka-local fetch >/dev/null
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
