@@ -342,3 +342,49 @@ def test_multiline_joins_stack_traces(tmp_path: Path) -> None:
         ]
     finally:
         h.stop()
+
+
+def test_ignore_older_files_are_not_opened(tmp_path: Path) -> None:
+    """A file not modified for ignore_older is never opened; a fresh one is read."""
+    root = tmp_path / "logs"
+    root.mkdir()
+    old = root / "old.log"
+    write(old, "stale")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    write(root / "new.log", "fresh")
+    h = Harness(root, tmp_path / "state", ignore_older=3600).start()
+    try:
+        assert h.wait_lines(1) == [b"fresh"]
+        assert h.ledger.snapshot().events.get("files_opened") == 1
+    finally:
+        h.stop()
+
+
+def test_close_inactive_then_reopen_on_change(tmp_path: Path) -> None:
+    """An idle file is closed after close_inactive and reopened, where it was, when it grows."""
+    root = tmp_path / "logs"
+    root.mkdir()
+    log = root / "app.log"
+    write(log, "one")
+    h = Harness(root, tmp_path / "state", close_inactive=0.2).start()
+    try:
+        h.wait(lambda: h.ledger.snapshot().events.get("files_closed_inactive", 0) >= 1)
+        assert h.tailer is not None
+        assert h.ledger.snapshot().gauges.get("files_watched") == 0
+        write(log, "two")
+        assert h.wait_lines(2) == [b"one", b"two"]
+        assert h.ledger.snapshot().events.get("files_opened", 0) >= 2
+    finally:
+        h.stop()
+
+
+def test_unwatchable_directory_is_counted_and_polled(tmp_path: Path) -> None:
+    """A root that appears after start is picked up by the rescan (poll fallback)."""
+    root = tmp_path / "later"
+    h = Harness(root, tmp_path / "state").start()
+    try:
+        root.mkdir()
+        write(root / "a.log", "late dir")
+        assert h.wait_lines(1) == [b"late dir"]
+    finally:
+        h.stop()

@@ -195,7 +195,10 @@ class Tailer:
             for pattern in m.patterns:
                 d, rec = base_dir(pattern)
                 if not self._watcher.ensure(d, rec) and os.path.isdir(d):
-                    self._warn("watch_failed", directory=d, error=self._watcher.failed.get(d))
+                    # inotify limits or permissions: the poll and the rescan cover it.
+                    self._ledger.event("watch_failed")
+                    self._warn("watch_failed", directory=d, error=self._watcher.failed.get(d),
+                               fallback="polling")
         for idx, m in enumerate(self._matchers):
             for path in m.scan():
                 if path not in self._by_path:

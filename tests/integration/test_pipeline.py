@@ -192,3 +192,25 @@ def test_sigterm_mid_stream(kafka: Broker, topic: str, tmp_path: Path,
     assert sum(offs.values()) == sent
 
 
+
+
+def test_second_sigint_exits_at_once(kafka: Broker, topic: str, tmp_path: Path,
+                                     start_shipper: Start) -> None:
+    """A second Ctrl-C during a long drain exits at once (130) instead of waiting."""
+    from tests.conftest import free_port  # noqa: PLC0415
+
+    log = tmp_path / "app.log"
+    log.touch()
+    cfg = base_config(kafka, topic, tmp_path, [str(log)], shutdown={"drain_timeout": "60s"},
+                      kafka={"unavailable_timeout": "60s"})
+    cfg["kafka"]["bootstrap_servers"] = [f"127.0.0.1:{free_port()}"]  # nobody listens
+    s = start_shipper(cfg)
+    append(log, [b"stuck %d" % i for i in range(100)])
+    s.wait_for(lambda led: led["read"] == 100, 30, "lines read")
+    s.proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    assert s.proc.poll() is None, "the first SIGINT must drain, not exit"
+    t0 = time.monotonic()
+    s.proc.send_signal(signal.SIGINT)
+    assert s.stop(timeout=5) == 130
+    assert time.monotonic() - t0 < 2
