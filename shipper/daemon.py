@@ -44,7 +44,7 @@ class Daemon:
             for i in cfg.inputs
         ]
         self.tailer = Tailer(inputs, cfg.tail, registry=self.registry, put=self.queue.put,
-                             room=self.queue.room,
+                             room=self.queue.room, offer=self.queue.offer,
                              ledger=self.ledger, log=self.log)
         self.metrics: MetricsServer | None = None
         self._stop = threading.Event()

@@ -104,6 +104,44 @@ class DropQueue:
             else:
                 self._put_dropping_newest(lines, nbytes, source)
 
+    def offer(self, lines: list[bytes], nbytes: int, source: str = "") -> int:
+        """Queue the longest prefix of ``lines`` that fits, dropping nothing; return its length.
+
+        While the queue stalls (nothing sent for ``stall_timeout`` with lines waiting) it
+        takes everything like ``put``, dropping the overflow by policy.
+        """
+        n = len(lines)
+        if not n:
+            return 0
+        led = self._ledger
+        with self._lock:
+            room_lines = self._max_lines - led.queue_lines
+            room_cost = self._max_bytes - led.queue_bytes - LINE_OVERHEAD * led.queue_lines
+            if n <= room_lines and nbytes + LINE_OVERHEAD * n <= room_cost:
+                k, kb = n, nbytes
+            elif self._stalled():
+                led.read_lines += n
+                led.read_bytes += nbytes
+                if self._drop_oldest:
+                    self._put_dropping_oldest(lines, nbytes, source)
+                else:
+                    self._put_dropping_newest(lines, nbytes, source)
+                return n
+            elif room_lines <= 0 or room_cost <= 0:
+                return 0
+            else:
+                k, kb = _prefix_fitting(lines, 0, room_lines, room_cost, LINE_OVERHEAD)
+            if k:
+                led.read_lines += k
+                led.read_bytes += kb
+                self._append(lines if k == n else lines[:k], kb, source)
+            return k
+
+    def _stalled(self) -> bool:
+        """Nothing was handed to Kafka for ``stall_timeout`` while lines waited."""
+        since = max(self._quiet_since, self._ledger.last_sent)
+        return time.monotonic() - since > self._stall_timeout
+
     def room(self) -> int:
         """Bytes the tailer may read now; unlimited (a large number) while the queue stalls."""
         led = self._ledger
@@ -114,7 +152,7 @@ class DropQueue:
             # lines shorter than the average.
             per_line = (led.read_bytes // led.read_lines + 1) // 2 if led.read_lines else 16
             return min(free_bytes, free_lines * max(per_line, 1))
-        if time.monotonic() - max(self._quiet_since, led.last_sent) > self._stall_timeout:
+        if self._stalled():
             return 1 << 62  # stalled: keep reading, let the overflow drop
         return 0
 

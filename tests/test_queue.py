@@ -171,3 +171,24 @@ def test_room_stops_limiting_when_kafka_stalls() -> None:
     put(q, [b"a", b"b"])
     time.sleep(0.01)
     assert q.room() > 1 << 40
+
+
+def test_offer_takes_what_fits_and_drops_nothing() -> None:
+    """offer() queues the prefix that fits and leaves the rest to the caller, uncounted."""
+    q, led = make(max_lines=3)
+    assert q.offer([b"a", b"b"], 2) == 2
+    assert q.offer([b"c", b"d", b"e"], 3) == 1
+    s = led.snapshot()
+    assert s.read_lines == 3
+    assert s.dropped_lines["queue_full"] == 0
+    assert s.balanced
+
+
+def test_offer_drops_by_policy_once_stalled() -> None:
+    """When the queue stalls, offer() behaves like put(): all taken, overflow dropped."""
+    ledger = Ledger()
+    q = DropQueue(QueueConfig(max_lines=2, stall_timeout=0.0), ledger)
+    put(q, [b"a", b"b"])
+    time.sleep(0.01)
+    assert q.offer([b"c"], 1) == 1
+    assert ledger.snapshot().dropped_lines["queue_full"] == 1

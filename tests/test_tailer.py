@@ -388,3 +388,45 @@ def test_unwatchable_directory_is_counted_and_polled(tmp_path: Path) -> None:
         assert h.wait_lines(1) == [b"late dir"]
     finally:
         h.stop()
+
+
+def test_backlog_through_a_tiny_queue_drops_nothing(tmp_path: Path) -> None:
+    """While the consumer keeps taking, a backlog far larger than the queue waits in the
+    file: every line arrives once, in order, and nothing is dropped."""
+    from shipper.config import QueueConfig  # noqa: PLC0415
+    from shipper.queue import DropQueue  # noqa: PLC0415
+
+    root = tmp_path / "logs"
+    root.mkdir()
+    write(root / "big.log", *[f"line {i:06d} " + "x" * (i % 50) for i in range(20_000)])
+    ledger = Ledger()
+    queue = DropQueue(QueueConfig(max_lines=500, max_bytes=64 * 1024), ledger)
+    got: list[bytes] = []
+    done = threading.Event()
+
+    def consume() -> None:
+        while not done.is_set():
+            lines, n = queue.take(100, 1 << 20, 0.05)
+            got.extend(lines)
+            ledger.sent(len(lines), n)
+            time.sleep(0.001)
+
+    t = threading.Thread(target=consume)
+    t.start()
+    registry = Registry(str(tmp_path / "registry.json"), 4096, 3600)
+    tailer = Tailer([InputConfig(paths=[str(root / "*.log")], start_at="beginning")],
+                    TailConfig(poll_interval=0.05), registry=registry, put=queue.put,
+                    room=queue.room, offer=queue.offer, ledger=ledger, log=get_logger())
+    tailer.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(got) < 20_000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        tailer.stop()
+        done.set()
+        t.join(5)
+    assert got == [b"line %06d " % i + b"x" * (i % 50) for i in range(20_000)]
+    s = ledger.snapshot()
+    assert sum(s.dropped_lines.values()) == 0
+    assert s.balanced

@@ -16,7 +16,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from shipper.config import InputConfig, TailConfig
@@ -30,6 +30,7 @@ from shipper.tail.registry import Entry, Registry, RegistryCorruptError
 __all__ = ["Tailer"]
 
 Put = Callable[[list[bytes], int, str], None]
+Offer = Callable[[list[bytes], int, str], int]
 Room = Callable[[], int]
 
 
@@ -79,6 +80,9 @@ class _Cursor:
     rotated: bool = False
     behind_since: float | None = None
     ml: Multiline | None = None  # joins continuation lines when the input asks for it
+    # Lines read but not yet taken by the queue (it was full), and the offset they end at.
+    carry: list[bytes] = field(default_factory=list)
+    carry_end: int = 0
 
 
 class Tailer:
@@ -94,12 +98,14 @@ class Tailer:
         room: Room,
         ledger: Ledger,
         log: Any,
+        offer: Offer | None = None,
     ) -> None:
         self._inputs = inputs
         self._cfg = cfg
         self._registry = registry
         self._put = put
         self._room = room
+        self._offer: Offer = offer or self._put_all
         self.paced = False  # the last round stopped reading because the queue was full
         self._ledger = ledger
         self._log = log
@@ -433,8 +439,15 @@ class Tailer:
                 busy = True
         return busy
 
+    def _put_all(self, lines: list[bytes], nbytes: int, source: str) -> int:
+        self._put(lines, nbytes, source)
+        return len(lines)
+
     def _read(self, c: _Cursor) -> bool:
         """Read up to the per-round budget; True if more is waiting."""
+        if c.carry and not self._flush_carry(c):
+            self.paced = True
+            return False
         try:
             size = os.fstat(c.fd).st_size
         except OSError:
@@ -452,55 +465,83 @@ class Tailer:
             self.paced = True
             return False
         chunk = self._cfg.read_chunk
-        splitter = c.splitter
-        entry = c.entry
         while budget > 0:
             data = os.pread(c.fd, min(chunk, budget), c.read_off)
             if not data:
                 break
             c.read_off += len(data)
             budget -= len(data)
-            lines, nbytes = splitter.feed(data)
-            if splitter.truncated or splitter.too_long:
-                self._report_long(c, splitter)
-            end = c.read_off if splitter.skipping else c.read_off - len(splitter.partial)
-            if c.ml is not None:
-                self._hand_on_joined(c, end, lines)
-            elif lines:
-                self._hand_on(entry, end, lines, nbytes, c.path)
-            elif splitter.skipping:
-                entry.exact = end
+            self._consume(c, data)
+            if c.carry:  # the queue is full: read on once it has taken these
+                self.paced = True
+                break
         c.last_growth = time.monotonic()
         c.size_seen = max(c.size_seen, c.read_off)
         if c.read_off >= c.size_seen:
             c.behind_since = None
         return budget <= 0
 
+    def _consume(self, c: _Cursor, data: bytes) -> None:
+        """Cut ``data`` into lines and hand them on."""
+        splitter = c.splitter
+        lines, nbytes = splitter.feed(data)
+        if splitter.truncated or splitter.too_long:
+            self._report_long(c, splitter)
+        end = c.read_off if splitter.skipping else c.read_off - len(splitter.partial)
+        if c.ml is not None:
+            self._hand_on_joined(c, end, lines)
+        elif lines:
+            self._hand_on(c, end, lines, nbytes)
+        elif splitter.skipping:
+            c.entry.exact = end
+
     def _hand_on_joined(self, c: _Cursor, end: int, lines: list[bytes]) -> None:
         """Multiline: hand on finished records; the pending one's bytes stay unconsumed."""
         assert c.ml is not None
         records = c.ml.feed(lines) if lines else []
         if records:
-            self._hand_on(c.entry, end, records, sum(map(len, records)), c.path)
+            self._hand_on(c, end, records, sum(map(len, records)))
         # Lines still held by the joiner are not consumed yet: a crash loses them within
         # the reservation, and they are counted (lost_on_crash) like any unread bytes.
-        c.entry.exact = max(end - c.ml.pending_bytes, 0)
+        if not c.carry:
+            c.entry.exact = max(end - c.ml.pending_bytes, 0)
 
-    def _hand_on(
-        self, entry: Entry, end: int, lines: list[bytes], nbytes: int, source: str
-    ) -> None:
-        if self._registry.reserve(entry, end):
-            self._put(lines, nbytes, source)
-            if self.degraded:
-                self.degraded = False
-                self._log.info("registry_recovered", path=str(self._registry.path))
-        else:
+    def _hand_on(self, c: _Cursor, end: int, lines: list[bytes], nbytes: int) -> None:
+        """Make ``end`` durable, then hand the lines on; what the queue cannot take yet
+        waits in ``c.carry`` (the position moves on only once all of it is taken)."""
+        entry = c.entry
+        if not self._registry.reserve(entry, end):
             self._ledger.read_and_dropped("registry_unwritable", len(lines), nbytes)
-            if not self.degraded:
-                self.degraded = True
+            self.degraded = True
             self._warn("registry_unwritable", path=str(self._registry.path),
                        error=self._registry.last_error, lines=len(lines))
+            entry.exact = end
+            return
+        if self.degraded:
+            self.degraded = False
+            self._log.info("registry_recovered", path=str(self._registry.path))
+        k = self._offer(lines, nbytes, c.path)
+        if k < len(lines):
+            c.carry = lines[k:]
+            c.carry_end = end
+            return
         entry.exact = end
+
+    def _flush_carry(self, c: _Cursor, force: bool = False) -> bool:
+        """Offer the carried lines again (``force``: put them, dropping what does not fit)."""
+        rest = c.carry
+        nbytes = sum(map(len, rest))
+        if force:
+            self._put(rest, nbytes, c.path)
+            k = len(rest)
+        else:
+            k = self._offer(rest, nbytes, c.path)
+        if k < len(rest):
+            c.carry = rest[k:]
+            return False
+        c.carry = []
+        c.entry.exact = c.carry_end
+        return True
 
     def _report_long(self, c: _Cursor, s: LineSplitter) -> None:
         if s.truncated:
@@ -558,7 +599,7 @@ class Tailer:
         """Flush due multiline records; close rotated files and inactive ones."""
         cfg = self._cfg
         for c in list(self._by_key.values()):
-            if c.ml is not None and c.ml.due(now):
+            if c.ml is not None and not c.carry and c.ml.due(now):
                 self._flush_multiline(c)
             idle = now - c.last_growth
             if c.rotated and idle >= cfg.rotate_wait and c.read_off >= c.size_seen:
@@ -599,17 +640,25 @@ class Tailer:
         if rec is not None:
             s = c.splitter
             end = c.read_off if s.skipping else c.read_off - len(s.partial)
-            self._hand_on(c.entry, end, [rec], len(rec), c.path)
+            self._hand_on(c, end, [rec], len(rec))
 
     def _close(self, c: _Cursor, reason: str) -> None:
-        """Close ``c``; a rotated file's partial last line is shipped (it will not grow)."""
+        """Close ``c``; a rotated file's partial last line is shipped (it will not grow).
+
+        Lines still carried are put now (dropped by the queue's policy if it is full), so
+        the saved position never covers a line that was neither queued nor counted.
+        """
+        if c.carry:
+            self._flush_carry(c, force=True)
         if c.ml is not None:
             self._flush_multiline(c)
         if reason == "rotated":
             tail = c.splitter.flush()
             if tail is not None:
                 self._ledger.event("partial_lines_flushed")
-                self._hand_on(c.entry, c.read_off, [tail], len(tail), c.path)
+                self._hand_on(c, c.read_off, [tail], len(tail))
+        if c.carry:
+            self._flush_carry(c, force=True)
         try:
             gone = os.fstat(c.fd).st_nlink == 0
         except OSError:

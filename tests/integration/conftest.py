@@ -45,7 +45,14 @@ class Shipper:
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})},
                                      cwd=Path(__file__).resolve().parents[2])
-        self.wait_http()
+        try:
+            self.wait_http()
+        except AssertionError:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(10)
+            self._log.close()
+            raise
 
     def wait_http(self, timeout: float = 20.0) -> None:
         """Wait until /health answers 200 (the daemon is running)."""
