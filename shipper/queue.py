@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import threading
 import time
+from bisect import bisect_right
 from collections import deque
 from itertools import accumulate
+from operator import add
 
 from shipper.config import QueueConfig
 from shipper.ledger import Ledger
@@ -43,16 +45,22 @@ def _prefix_fitting(
     lines: list[bytes], start: int, max_lines: int, max_cost: int, overhead: int = 0
 ) -> tuple[int, int]:
     """Return (count, payload bytes) of the longest run of ``lines[start:]`` with at most
-    ``max_lines`` lines costing at most ``max_cost`` (payload + ``overhead`` per line)."""
+    ``max_lines`` lines costing at most ``max_cost`` (payload + ``overhead`` per line).
+
+    Cumulative costs are built and searched by C code (accumulate, map, bisect): no
+    Python-level step per line.
+    """
     end = min(len(lines), start + max_lines)
-    total = 0
-    count = 0
-    for total_after in accumulate(map(len, lines[start:end])):
-        if total_after + overhead * (count + 1) > max_cost:
-            break
-        total = total_after
-        count += 1
-    return count, total
+    if end <= start:
+        return 0, 0
+    cum = list(accumulate(map(len, lines[start:end])))
+    costs = (
+        list(map(add, cum, range(overhead, overhead * (len(cum) + 1), overhead)))
+        if overhead
+        else cum
+    )
+    k = bisect_right(costs, max_cost)
+    return k, (cum[k - 1] if k else 0)
 
 
 class DropQueue:
