@@ -19,7 +19,6 @@ DROP_REASONS = (
     "kafka_unavailable",
     "line_too_long",
     "registry_unwritable",
-    "partial_at_rotation",
     "shutdown",
     "sender_error",
 )

@@ -430,3 +430,18 @@ def test_backlog_through_a_tiny_queue_drops_nothing(tmp_path: Path) -> None:
     s = ledger.snapshot()
     assert sum(s.dropped_lines.values()) == 0
     assert s.balanced
+
+
+def test_partial_last_line_of_a_rotated_file_is_shipped_once(h: Harness) -> None:
+    """A rotated file's last line without newline is shipped once, after rotate_wait."""
+    log = h.root / "app.log"
+    log.write_bytes(b"whole\nno newline")
+    h.start()
+    h.wait(lambda: len(h.sink.lines) >= 1)
+    os.rename(log, h.root / "app.log.1")
+    write(log, "new file")
+    got = h.wait_lines(3, timeout=10)
+    assert sorted(got) == [b"new file", b"no newline", b"whole"]
+    assert h.ledger.snapshot().events.get("partial_lines_flushed") == 1
+    time.sleep(1.0)  # a rescan sees app.log.1 again: known, never re-read
+    assert len(h.sink.lines) == 3
