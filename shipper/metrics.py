@@ -14,7 +14,7 @@ from prometheus_client.registry import Collector
 
 from shipper.ledger import Ledger
 
-__all__ = ["MetricsServer", "render"]
+__all__ = ["MetricsServer"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -74,13 +74,6 @@ class _LedgerCollector(Collector):
         yield GaugeMetricFamily("shipper_ledger_balanced",
                                 "1 when read == sent + dropped + queued.",
                                 value=1 if s.balanced else 0)
-
-
-def render(ledger: Ledger) -> bytes:
-    """Return the Prometheus text exposition for ``ledger``."""
-    reg = CollectorRegistry(auto_describe=False)
-    reg.register(_LedgerCollector(ledger))
-    return generate_latest(reg)
 
 
 class MetricsServer:

@@ -23,7 +23,6 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 __all__ = ["Entry", "Registry", "RegistryCorruptError"]
 
@@ -268,10 +267,3 @@ class Registry:
         self.last_error = None
         self.writes += 1
         return True
-
-    def snapshot_entries(self) -> list[dict[str, Any]]:
-        """Entries as plain dicts, for tests and debugging."""
-        return [
-            {"path": e.path, "dev": e.dev, "ino": e.ino, "durable": e.durable, "exact": e.exact}
-            for e in self.entries.values()
-        ]
