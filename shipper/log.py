@@ -67,3 +67,10 @@ class RateLimiter:
                 return None
             self._next[key] = now + self._interval
             return self._suppressed.pop(key, 0)
+
+    def warn(self, log: Any, event: str, key: str | None = None, **kw: Any) -> None:
+        """Log ``event`` as a warning unless one went out for ``key`` (default: the event)
+        within the interval; the line says how many were held back."""
+        suppressed = self.allow(key or event)
+        if suppressed is not None:
+            log.warning(event, suppressed=suppressed, **kw)

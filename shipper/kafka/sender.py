@@ -364,9 +364,7 @@ class _Client:
             await self._net.sleep(wait)
 
     def _warn(self, event: str, **kw: Any) -> None:
-        suppressed = self._limiter.allow(event)
-        if suppressed is not None:
-            self._log.warning(event, suppressed=suppressed, **kw)
+        self._limiter.warn(self._log, event, **kw)
 
 
 class KafkaSender:
@@ -586,6 +584,4 @@ class KafkaSender:
             self._settle_dropped(reason, self._held_lines, self._held_bytes)
 
     def _warn(self, event: str, **kw: Any) -> None:
-        suppressed = self._limiter.allow(event)
-        if suppressed is not None:
-            self._log.warning(event, suppressed=suppressed, **kw)
+        self._limiter.warn(self._log, event, **kw)

@@ -673,7 +673,4 @@ class Tailer:
         self._log.info("file_closed", path=c.path, offset=c.read_off, reason=reason)
 
     def _warn(self, event: str, **kw: Any) -> None:
-        key = f"{event}:{kw.get('path', '')}"
-        suppressed = self._limiter.allow(key)
-        if suppressed is not None:
-            self._log.warning(event, suppressed=suppressed, **kw)
+        self._limiter.warn(self._log, event, f"{event}:{kw.get('path', '')}", **kw)
