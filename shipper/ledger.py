@@ -102,8 +102,12 @@ class Ledger:
         with self.lock:
             self.inflight_lines -= lines
             self.inflight_bytes -= nbytes
-            self.dropped_lines[reason] = self.dropped_lines.get(reason, 0) + lines
-            self.dropped_bytes[reason] = self.dropped_bytes.get(reason, 0) + nbytes
+            self.count_dropped(reason, lines, nbytes)
+
+    def count_dropped(self, reason: str, lines: int, nbytes: int) -> None:
+        """Add to the drop counters of ``reason``; the caller holds ``lock``."""
+        self.dropped_lines[reason] = self.dropped_lines.get(reason, 0) + lines
+        self.dropped_bytes[reason] = self.dropped_bytes.get(reason, 0) + nbytes
 
     # -- called by the tailer for lines it read but will not queue ------------------------
     def read_and_dropped(self, reason: str, lines: int, nbytes: int) -> None:
@@ -111,8 +115,7 @@ class Ledger:
         with self.lock:
             self.read_lines += lines
             self.read_bytes += nbytes
-            self.dropped_lines[reason] = self.dropped_lines.get(reason, 0) + lines
-            self.dropped_bytes[reason] = self.dropped_bytes.get(reason, 0) + nbytes
+            self.count_dropped(reason, lines, nbytes)
 
     # -- events, byte losses and gauges ------------------------------------------------
     def event(self, name: str, n: int = 1) -> None:

@@ -97,20 +97,36 @@ class DropQueue:
         n = len(lines)
         if not n:
             return
-        led = self._ledger
         with self._lock:
-            led.read_lines += n
-            led.read_bytes += nbytes
-            if (
-                led.queue_lines + n <= self._max_lines
-                and led.queue_bytes + nbytes + LINE_OVERHEAD * (led.queue_lines + n)
-                <= self._max_bytes
-            ):
-                self._append(lines, nbytes, source)
-            elif self._drop_oldest:
-                self._put_dropping_oldest(lines, nbytes, source)
-            else:
-                self._put_dropping_newest(lines, nbytes, source)
+            self._take_in(lines, nbytes, source)
+
+    def _take_in(self, lines: list[bytes], nbytes: int, source: str) -> None:
+        """Count ``lines`` as read and queue them, dropping by policy what does not fit."""
+        led = self._ledger
+        led.read_lines += len(lines)
+        led.read_bytes += nbytes
+        free_lines, free_cost = self._free()
+        if len(lines) <= free_lines and nbytes + LINE_OVERHEAD * len(lines) <= free_cost:
+            self._append(lines, nbytes, source)
+        elif self._drop_oldest:
+            self._put_dropping_oldest(lines, nbytes, source)
+        else:
+            self._put_dropping_newest(lines, nbytes, source)
+
+    def _fitting(self, lines: list[bytes]) -> tuple[int, int]:
+        """(count, payload bytes) of the longest prefix of ``lines`` that fits now."""
+        free_lines, free_cost = self._free()
+        if free_lines <= 0 or free_cost <= 0:
+            return 0, 0
+        return _prefix_fitting(lines, 0, free_lines, free_cost, LINE_OVERHEAD)
+
+    def _free(self) -> tuple[int, int]:
+        """Room left: (lines, bytes of payload plus per-line bookkeeping)."""
+        led = self._ledger
+        return (
+            self._max_lines - led.queue_lines,
+            self._max_bytes - led.queue_bytes - LINE_OVERHEAD * led.queue_lines,
+        )
 
     def offer(self, lines: list[bytes], nbytes: int, source: str = "") -> int:
         """Queue the longest prefix of ``lines`` that fits, dropping nothing; return its length.
@@ -123,22 +139,14 @@ class DropQueue:
             return 0
         led = self._ledger
         with self._lock:
-            room_lines = self._max_lines - led.queue_lines
-            room_cost = self._max_bytes - led.queue_bytes - LINE_OVERHEAD * led.queue_lines
+            room_lines, room_cost = self._free()
             if n <= room_lines and nbytes + LINE_OVERHEAD * n <= room_cost:
                 k, kb = n, nbytes
             elif self._stalled():
-                led.read_lines += n
-                led.read_bytes += nbytes
-                if self._drop_oldest:
-                    self._put_dropping_oldest(lines, nbytes, source)
-                else:
-                    self._put_dropping_newest(lines, nbytes, source)
+                self._take_in(lines, nbytes, source)
                 return n
-            elif room_lines <= 0 or room_cost <= 0:
-                return 0
             else:
-                k, kb = _prefix_fitting(lines, 0, room_lines, room_cost, LINE_OVERHEAD)
+                k, kb = self._fitting(lines)
             if k:
                 led.read_lines += k
                 led.read_bytes += kb
@@ -153,8 +161,7 @@ class DropQueue:
     def room(self) -> int:
         """Bytes the tailer may read now; unlimited (a large number) while the queue stalls."""
         led = self._ledger
-        free_lines = self._max_lines - led.queue_lines
-        free_bytes = self._max_bytes - led.queue_bytes - LINE_OVERHEAD * led.queue_lines
+        free_lines, free_bytes = self._free()
         if free_lines > 0 and free_bytes > 0:
             # Estimate bytes per line from what was read so far, with a margin of two for
             # lines shorter than the average.
@@ -174,17 +181,10 @@ class DropQueue:
         self._nonempty.notify()
 
     def _drop(self, lines: int, nbytes: int) -> None:
-        led = self._ledger
-        led.dropped_lines["queue_full"] += lines
-        led.dropped_bytes["queue_full"] += nbytes
+        self._ledger.count_dropped("queue_full", lines, nbytes)
 
     def _put_dropping_newest(self, lines: list[bytes], nbytes: int, source: str) -> None:
-        led = self._ledger
-        room_lines = self._max_lines - led.queue_lines
-        room_bytes = self._max_bytes - led.queue_bytes - LINE_OVERHEAD * led.queue_lines
-        k, kb = (0, 0) if room_lines <= 0 or room_bytes <= 0 else _prefix_fitting(
-            lines, 0, room_lines, room_bytes, LINE_OVERHEAD
-        )
+        k, kb = self._fitting(lines)
         if k:
             self._append(lines[:k], kb, source)
         self._drop(len(lines) - k, nbytes - kb)
@@ -304,6 +304,5 @@ class DropQueue:
             self._chunks.clear()
             led.queue_lines = 0
             led.queue_bytes = 0
-            led.dropped_lines[reason] = led.dropped_lines.get(reason, 0) + n
-            led.dropped_bytes[reason] = led.dropped_bytes.get(reason, 0) + b
+            led.count_dropped(reason, n, b)
             return n
