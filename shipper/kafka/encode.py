@@ -204,11 +204,13 @@ def encode_batch(lines: Sequence[bytes], timestamp_ms: int, compression: int = 0
 
 def batch_size(lines: Sequence[bytes]) -> int:
     """Return the exact uncompressed size in bytes of ``encode_batch(lines, ...)``."""
-    n = len(lines)
-    if not n:
-        return HEADER_SIZE
-    lens = list(map(len, lines))
-    return HEADER_SIZE + sum(sum(map(_SIZE[s].__getitem__, lens[a:b])) for a, b, s in _segments(n))
+    return _size_of(list(map(len, lines)))
+
+
+def _size_of(lens: list[int]) -> int:
+    """Exact uncompressed batch size for records of value lengths ``lens``."""
+    segments = _segments(len(lens))
+    return HEADER_SIZE + sum(sum(map(_SIZE[s].__getitem__, lens[a:b])) for a, b, s in segments)
 
 
 def split_batches(
@@ -233,7 +235,7 @@ def split_batches(
         body = 4 + s + len(varint(longest)) + longest
         if HEADER_SIZE + total + n * (len(varint(body)) + body - longest) <= max_bytes:
             return [(lines, total)]
-        if batch_size(lines) <= max_bytes:
+        if _size_of(lens) <= max_bytes:  # exact, from the lengths already taken
             return [(lines, total)]
     widest = _offset_class(min(n, max_lines) - 1)
     cum = list(accumulate(map(_SIZE[widest].__getitem__, lens)))
