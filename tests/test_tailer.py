@@ -90,15 +90,30 @@ class Harness:
         return self.sink.lines
 
 
+MakeHarness = Callable[..., Harness]
+
+
+@pytest.fixture(name="harness")
+def fixture_harness(tmp_path: Path) -> Iterator[MakeHarness]:
+    """Makes tailer harnesses (input options as keywords) over a fresh log directory;
+    every one is stopped after the test."""
+    made: list[Harness] = []
+
+    def make(**input_kw: Any) -> Harness:
+        root = tmp_path / "logs"
+        root.mkdir(exist_ok=True)
+        made.append(Harness(root, tmp_path / "state", **input_kw))
+        return made[-1]
+
+    yield make
+    for h in made:
+        h.stop()
+
+
 @pytest.fixture(name="h")
-def fixture_h(tmp_path: Path) -> Iterator[Harness]:
-    """A tailer harness over a fresh log directory; stopped after the test."""
-    root = tmp_path / "logs"
-    root.mkdir()
-    state = tmp_path / "state"
-    h = Harness(root, state)
-    yield h
-    h.stop()
+def fixture_h(harness: MakeHarness) -> Harness:
+    """A tailer harness over a fresh log directory with the default input."""
+    return harness()
 
 
 def write(path: Path, *lines: str, mode: str = "ab") -> None:
@@ -114,18 +129,15 @@ def test_existing_and_new_files_are_read(h: Harness) -> None:
     assert sorted(h.wait_lines(3)) == [b"a1", b"a2", b"b1"]
 
 
-def test_start_at_end_skips_existing_content(tmp_path: Path) -> None:
+def test_start_at_end_skips_existing_content(harness: MakeHarness) -> None:
     """With start_at: end and no registry, existing content is skipped; new lines are read."""
-    root = tmp_path / "logs"
-    root.mkdir()
+    h = harness(start_at="end")
+    root = h.root
     write(root / "a.log", "old")
-    h = Harness(root, tmp_path / "state", start_at="end").start()
-    try:
-        time.sleep(0.3)
-        write(root / "a.log", "new")
-        assert h.wait_lines(1) == [b"new"]
-    finally:
-        h.stop()
+    h.start()
+    time.sleep(0.3)
+    write(root / "a.log", "new")
+    assert h.wait_lines(1) == [b"new"]
 
 
 def test_rename_rotation_with_glob_matching_rotated_names(h: Harness) -> None:
@@ -282,100 +294,81 @@ def test_registry_file_is_versioned_json(h: Harness) -> None:
     assert {"dev", "ino", "fp", "fp_len", "path"} <= set(entry)
 
 
-def test_symlink_outside_roots_is_never_read(tmp_path: Path) -> None:
+def test_symlink_outside_roots_is_never_read(harness: MakeHarness, tmp_path: Path) -> None:
     """A link whose target is outside the input's roots is counted and never opened."""
-    root = tmp_path / "logs"
-    root.mkdir()
+    h = harness(follow_symlinks=True)
+    root = h.root
     outside = tmp_path / "secret.txt"
     write(outside, "secret")
     (root / "evil.log").symlink_to(outside)
     write(root / "ok.log", "fine")
-    h = Harness(root, tmp_path / "state", follow_symlinks=True).start()
-    try:
-        assert h.wait_lines(1) == [b"fine"]
-        assert h.ledger.snapshot().events.get("symlink_outside_roots", 0) >= 1
-    finally:
-        h.stop()
+    h.start()
+    assert h.wait_lines(1) == [b"fine"]
+    assert h.ledger.snapshot().events.get("symlink_outside_roots", 0) >= 1
 
 
-def test_long_line_truncated_neighbours_intact(tmp_path: Path) -> None:
+def test_long_line_truncated_neighbours_intact(harness: MakeHarness) -> None:
     """A line over max_line_bytes is truncated and counted; neighbours arrive intact."""
-    root = tmp_path / "logs"
-    root.mkdir()
-    h = Harness(root, tmp_path / "state", max_line_bytes=1024).start()
-    try:
-        with (root / "a.log").open("wb") as f:
-            f.write(b"before\n" + b"L" * 100_000 + b"\nafter\n")
-        assert h.wait_lines(3) == [b"before", b"L" * 1024, b"after"]
-        assert h.ledger.snapshot().events.get("lines_truncated") == 1
-    finally:
-        h.stop()
+    h = harness(max_line_bytes=1024)
+    root = h.root
+    h.start()
+    with (root / "a.log").open("wb") as f:
+        f.write(b"before\n" + b"L" * 100_000 + b"\nafter\n")
+    assert h.wait_lines(3) == [b"before", b"L" * 1024, b"after"]
+    assert h.ledger.snapshot().events.get("lines_truncated") == 1
 
 
-def test_many_files_with_a_low_open_file_bound(tmp_path: Path) -> None:
+def test_many_files_with_a_low_open_file_bound(harness: MakeHarness) -> None:
     """More files than max_open_files: idle ones are closed to make room; all lines arrive."""
-    root = tmp_path / "logs"
-    root.mkdir()
+    h = harness()
+    root = h.root
     for i in range(60):
         write(root / f"f{i:03d}.log", f"file {i} line 1", f"file {i} line 2")
-    h = Harness(root, tmp_path / "state").start(max_open_files=8)
-    try:
-        got = h.wait_lines(120, timeout=20)
-        assert len(got) == len(set(got)) == 120
-    finally:
-        h.stop()
+    h.start(max_open_files=8)
+    got = h.wait_lines(120, timeout=20)
+    assert len(got) == len(set(got)) == 120
 
 
-def test_multiline_joins_stack_traces(tmp_path: Path) -> None:
+def test_multiline_joins_stack_traces(harness: MakeHarness) -> None:
     """With multiline, a stack trace is one record; the last one goes out after timeout."""
-    root = tmp_path / "logs"
-    root.mkdir()
-    h = Harness(root, tmp_path / "state",
-                multiline={"start_pattern": r"^\d{4}-", "timeout": 0.2}).start()
-    try:
-        write(root / "app.log", "2026-01-01 boom", "Traceback (most recent call last):",
-              "  File \"x.py\", line 1", "ValueError: no", "2026-01-01 next")
-        assert h.wait_lines(2) == [
-            b'2026-01-01 boom\nTraceback (most recent call last):\n  File "x.py", line 1\n'
-            b"ValueError: no",
-            b"2026-01-01 next",
-        ]
-    finally:
-        h.stop()
+    h = harness(multiline={"start_pattern": r"^\d{4}-", "timeout": 0.2})
+    root = h.root
+    h.start()
+    write(root / "app.log", "2026-01-01 boom", "Traceback (most recent call last):",
+          "  File \"x.py\", line 1", "ValueError: no", "2026-01-01 next")
+    assert h.wait_lines(2) == [
+        b'2026-01-01 boom\nTraceback (most recent call last):\n  File "x.py", line 1\n'
+        b"ValueError: no",
+        b"2026-01-01 next",
+    ]
 
 
-def test_ignore_older_files_are_not_opened(tmp_path: Path) -> None:
+def test_ignore_older_files_are_not_opened(harness: MakeHarness) -> None:
     """A file not modified for ignore_older is never opened; a fresh one is read."""
-    root = tmp_path / "logs"
-    root.mkdir()
+    h = harness(ignore_older=3600)
+    root = h.root
     old = root / "old.log"
     write(old, "stale")
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     write(root / "new.log", "fresh")
-    h = Harness(root, tmp_path / "state", ignore_older=3600).start()
-    try:
-        assert h.wait_lines(1) == [b"fresh"]
-        assert h.ledger.snapshot().events.get("files_opened") == 1
-    finally:
-        h.stop()
+    h.start()
+    assert h.wait_lines(1) == [b"fresh"]
+    assert h.ledger.snapshot().events.get("files_opened") == 1
 
 
-def test_close_inactive_then_reopen_on_change(tmp_path: Path) -> None:
+def test_close_inactive_then_reopen_on_change(harness: MakeHarness) -> None:
     """An idle file is closed after close_inactive and reopened, where it was, when it grows."""
-    root = tmp_path / "logs"
-    root.mkdir()
+    h = harness(close_inactive=0.2)
+    root = h.root
     log = root / "app.log"
     write(log, "one")
-    h = Harness(root, tmp_path / "state", close_inactive=0.2).start()
-    try:
-        h.wait(lambda: h.ledger.snapshot().events.get("files_closed_inactive", 0) >= 1)
-        assert h.tailer is not None
-        assert h.ledger.snapshot().gauges.get("files_watched") == 0
-        write(log, "two")
-        assert h.wait_lines(2) == [b"one", b"two"]
-        assert h.ledger.snapshot().events.get("files_opened", 0) >= 2
-    finally:
-        h.stop()
+    h.start()
+    h.wait(lambda: h.ledger.snapshot().events.get("files_closed_inactive", 0) >= 1)
+    assert h.tailer is not None
+    assert h.ledger.snapshot().gauges.get("files_watched") == 0
+    write(log, "two")
+    assert h.wait_lines(2) == [b"one", b"two"]
+    assert h.ledger.snapshot().events.get("files_opened", 0) >= 2
 
 
 def test_unwatchable_directory_is_counted_and_polled(tmp_path: Path) -> None:
