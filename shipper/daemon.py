@@ -24,6 +24,7 @@ __all__ = ["Daemon"]
 # Room a single-record batch needs beyond its value: batch header (61 bytes) and the
 # record's varints, attributes and header count, rounded up.
 _RECORD_ROOM = 128
+_STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 
 
 class Daemon:
@@ -58,10 +59,6 @@ class Daemon:
             os._exit(130)  # a second Ctrl-C means now, as with uvicorn and gunicorn
         self._stop.set()
 
-    def request_stop(self) -> None:
-        """Ask the daemon to stop (as SIGTERM does)."""
-        self._stop.set()
-
     def health(self) -> tuple[int, dict[str, Any]]:
         """HTTP status and body for /health."""
         doc: dict[str, Any] = {
@@ -78,11 +75,19 @@ class Daemon:
         cfg = self.cfg
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        if cfg.metrics.enabled:
-            self.metrics = MetricsServer(cfg.metrics.listen, self.ledger, self.health)
-            self.metrics.start()
-        self.sender.start()
-        self.tailer.start()
+        # Python runs handlers on the main thread only, and a signal the kernel hands to another
+        # thread does not wake the main thread from a join. So every thread we start (and every
+        # thread those start) inherits a mask that blocks the stop signals: they reach the main
+        # thread, whose waits they interrupt at once.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            if cfg.metrics.enabled:
+                self.metrics = MetricsServer(cfg.metrics.listen, self.ledger, self.health)
+                self.metrics.start()
+            self.sender.start()
+            self.tailer.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         self.state = "running"
         notify("READY=1")
         self.log.info(

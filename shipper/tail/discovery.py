@@ -16,6 +16,7 @@ from collections.abc import Iterable
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
 __all__ = ["ChangeSet", "Matcher", "Watcher", "base_dir", "glob_to_regex"]
 
@@ -150,17 +151,20 @@ class Watcher:
 
     def __init__(self, changes: ChangeSet) -> None:
         self._changes = changes
-        self._observer = Observer()
-        self._observer.daemon = True
+        self._observer: BaseObserver | None = None
         self._handler = _Handler(changes)
         self._watched: dict[str, bool] = {}
         self.failed: dict[str, str] = {}
-        self._started = False
 
     def start(self) -> None:
-        """Start the observer thread."""
+        """Start the observer threads; call before ``ensure``.
+
+        watchdog's observer starts a thread as it is built, so it is built here and not in
+        the constructor: threads start only in ``start`` (the daemon masks signals there).
+        """
+        self._observer = Observer()
+        self._observer.daemon = True
         self._observer.start()
-        self._started = True
 
     def ensure(self, directory: str, recursive: bool) -> bool:
         """Watch ``directory`` if it exists and is not watched yet; False if it cannot be."""
@@ -168,6 +172,8 @@ class Watcher:
             self._watched[directory] or not recursive
         ):
             return True
+        if self._observer is None:
+            raise RuntimeError("Watcher.ensure before Watcher.start")
         if not os.path.isdir(directory):
             return False
         try:
@@ -186,6 +192,6 @@ class Watcher:
 
     def stop(self) -> None:
         """Stop and join the observer thread."""
-        if self._started:
+        if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=5)

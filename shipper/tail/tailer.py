@@ -129,11 +129,11 @@ class Tailer:
         """Load the registry, start watching and start the reading thread."""
         self._load_registry()
         self._registry.start()
+        self._watcher.start()
         for m in self._matchers:
             for pattern in m.patterns:
                 d, rec = base_dir(pattern)
                 self._watcher.ensure(d, rec)
-        self._watcher.start()
         self._thread = threading.Thread(target=self._run, name="shipper-tailer", daemon=True)
         self._thread.start()
 
