@@ -320,7 +320,7 @@ def test_delivers_every_line_once_in_order(cluster: FakeCluster, rigs: list[Rig]
     rigs.append(rig)
     t = time.monotonic()
     rig.sender.start()
-    assert time.monotonic() - t < 0.1
+    assert time.monotonic() - t < 1.0  # kafka-python's own constructor blocks ~30 s
     lines = [*lines_of(20_000), b"", b"\xff" * 20_000]
     for i in range(0, len(lines), 997):
         rig.put(lines[i : i + 997])
@@ -364,7 +364,7 @@ def test_start_never_blocks_and_unavailable_batches_are_dropped(rigs: list[Rig])
     rigs.append(rig)
     t = time.monotonic()
     rig.sender.start()
-    assert time.monotonic() - t < 0.1
+    assert time.monotonic() - t < 1.0  # kafka-python's own constructor blocks ~30 s
     rig.put(lines_of(100))
     wait_for(rig.settled, timeout=5)
     assert not rig.sender.connected
@@ -550,5 +550,5 @@ def test_idle_sender_is_cheap_and_stops_fast(cluster: FakeCluster, rigs: list[Ri
     wait_for(lambda: rig.sender.connected)
     c0 = time.process_time()
     time.sleep(1.0)
-    assert time.process_time() - c0 < 0.1  # idle: no busy loop on either thread
+    assert time.process_time() - c0 < 0.25  # idle: no busy loop on either thread (one is ~1.0)
     assert rig.stop(5.0) < 0.5
