@@ -161,7 +161,7 @@ class KafkaConfig(_Model):
     linger: Duration = 0.005
     batch_max_bytes: Size = Field(1000 * 1024, ge=1024, le=64 * 1024 * 1024)
     batch_max_lines: int = Field(20_000, ge=1)
-    max_in_flight_bytes: Size = Field(8 * 1024 * 1024, ge=64 * 1024)
+    max_in_flight_bytes: Size = Field(1024 * 1024, ge=64 * 1024)
     unavailable_timeout: Duration = 5.0
     metadata_refresh: Duration = Field(30.0, gt=0)
     connect_backoff_max: Duration = Field(5.0, gt=0)
