@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import time
+import warnings
 
 from kafka import KafkaConsumer, TopicPartition
 
@@ -19,6 +21,19 @@ def _consumer(bootstrap: str) -> KafkaConsumer:
         max_partition_fetch_bytes=16 * 1024 * 1024,
         request_timeout_ms=30_000,
     )
+
+
+def _close(c: KafkaConsumer) -> None:
+    """Close ``c`` and collect the sockets kafka-python 3.0.12 leaves behind.
+
+    It does not close the socket of a connect attempt that fails or is abandoned (a broker
+    restarting, a consumer closed mid-connect). The garbage collector closes it later, with a
+    ResourceWarning in whatever code runs then; collect it here, quietly, instead.
+    """
+    c.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
 
 
 def _partitions(c: KafkaConsumer, topic: str, timeout: float) -> list[TopicPartition]:
@@ -41,7 +56,7 @@ def end_offsets(bootstrap: str, topic: str, timeout: float = 10.0) -> dict[int, 
             return {}
         return {tp.partition: off for tp, off in c.end_offsets(tps).items()}
     finally:
-        c.close()
+        _close(c)
 
 
 def read_topic(bootstrap: str, topic: str, timeout: float = 30.0,
@@ -72,4 +87,4 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 30.0,
                 out[tp.partition].extend(r.value for r in recs)
         return out
     finally:
-        c.close()
+        _close(c)
