@@ -8,7 +8,7 @@ import warnings
 
 from kafka import KafkaConsumer, TopicPartition
 
-__all__ = ["end_offsets", "read_topic"]
+__all__ = ["collect_stray_sockets", "end_offsets", "read_topic"]
 
 
 def _consumer(bootstrap: str) -> KafkaConsumer:
@@ -23,17 +23,21 @@ def _consumer(bootstrap: str) -> KafkaConsumer:
     )
 
 
-def _close(c: KafkaConsumer) -> None:
-    """Close ``c`` and collect the sockets kafka-python 3.0.12 leaves behind.
+def collect_stray_sockets() -> None:
+    """Collect the sockets kafka-python 3.0.12 leaves behind, quietly.
 
     It does not close the socket of a connect attempt that fails or is abandoned (a broker
-    restarting, a consumer closed mid-connect). The garbage collector closes it later, with a
-    ResourceWarning in whatever code runs then; collect it here, quietly, instead.
+    restarting, a client closed mid-connect). The garbage collector closes it later, with a
+    ResourceWarning in whatever code runs then; call this after closing a client instead.
     """
-    c.close()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         gc.collect()
+
+
+def _close(c: KafkaConsumer) -> None:
+    c.close()
+    collect_stray_sockets()
 
 
 def _partitions(c: KafkaConsumer, topic: str, timeout: float) -> list[TopicPartition]:

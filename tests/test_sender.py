@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import socket
 import struct
 import threading
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -30,6 +28,7 @@ from shipper.kafka.encode import available_compressions
 from shipper.kafka.sender import KafkaSender
 from shipper.ledger import Ledger
 from shipper.queue import DropQueue
+from shipper.readback import collect_stray_sockets
 
 # --- a fake Kafka cluster --------------------------------------------------------------
 
@@ -301,11 +300,7 @@ def rigs() -> Iterator[list[Rig]]:
     yield made
     for r in made:
         r.stop(2.0)
-    # kafka-python 3.0.12 does not close the socket of a failed connect attempt; it is
-    # closed when garbage-collected, with a ResourceWarning. Collect them here, quietly.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
+    collect_stray_sockets()
 
 
 def lines_of(n: int, prefix: bytes = b"line") -> list[bytes]:
