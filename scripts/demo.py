@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shipper.readback import end_offsets  # noqa: E402
+from tests.support.readback import end_offsets  # noqa: E402
 
 WORDS = ["user=alice", "user=bob", "status=200", "status=404", "status=500", "path=/api/v1",
          "path=/login", "latency_ms=12", "latency_ms=340", "region=eu-west", "caché=ok"]

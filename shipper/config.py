@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from shipper.errors import ConfigError
+from shipper.kafka.encode import CODEC_MODULES, LINE_ROOM, codec_installed
 
 __all__ = [
     "Config",
@@ -166,6 +167,16 @@ class KafkaConfig(_Model):
     metadata_refresh: Duration = Field(30.0, gt=0)
     connect_backoff_max: Duration = Field(5.0, gt=0)
 
+    @field_validator("compression")
+    @classmethod
+    def _codec_installed(cls, v: str) -> str:
+        if not codec_installed(v):
+            raise ValueError(
+                f"compression {v!r} needs the Python module {CODEC_MODULES[v]!r}, which is not "
+                f"installed (pip install 'shipper[{v}]')"
+            )
+        return v
+
     @field_validator("bootstrap_servers")
     @classmethod
     def _host_port(cls, v: list[str]) -> list[str]:
@@ -277,7 +288,7 @@ def parse(text: str, env: Mapping[str, str] | None = None, source: str = "<confi
     if errors:
         raise ConfigError(errors)
     try:
-        return Config.model_validate(raw)
+        cfg = Config.model_validate(raw)
     except ValidationError as e:
         problems = []
         for err in e.errors(include_url=False):
@@ -288,6 +299,18 @@ def parse(text: str, env: Mapping[str, str] | None = None, source: str = "<confi
                 msg = msg[len("Value error, "):]
             problems.append(f"{_loc(err['loc'])}: {msg}")
         raise ConfigError(problems) from None
+    return _derive(cfg)
+
+
+def _derive(cfg: Config) -> Config:
+    """Values that follow from others, computed once: a line must fit in one batch the
+    broker accepts, so ``long_lines`` applies at ``batch_max_bytes - LINE_ROOM``."""
+    limit = cfg.kafka.batch_max_bytes - LINE_ROOM
+    if all(i.max_line_bytes <= limit for i in cfg.inputs):
+        return cfg
+    inputs = [i.model_copy(update={"max_line_bytes": min(i.max_line_bytes, limit)})
+              for i in cfg.inputs]
+    return cfg.model_copy(update={"inputs": inputs})
 
 
 def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:

@@ -1,4 +1,8 @@
-"""Wires the stages together and owns the lifecycle: start, signals, drain, final ledger."""
+"""Wires the stages together and owns the lifecycle: start, signals, drain, final ledger.
+
+This is the only module that imports every stage. Each stage is built from its own slice of
+the config; data flows one way: tailer -> queue -> sender.
+"""
 
 from __future__ import annotations
 
@@ -17,13 +21,11 @@ from shipper.log import get_logger
 from shipper.metrics import MetricsServer
 from shipper.queue import DropQueue
 from shipper.systemd import notify
-from shipper.tail import Registry, Tailer
+from shipper.tail.registry import Registry
+from shipper.tail.tailer import Tailer
 
 __all__ = ["Daemon"]
 
-# Room a single-record batch needs beyond its value: batch header (61 bytes) and the
-# record's varints, attributes and header count, rounded up.
-_RECORD_ROOM = 128
 _STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 
 
@@ -38,14 +40,9 @@ class Daemon:
         self.registry = Registry(cfg.registry.path, cfg.registry.reserve,
                                  cfg.registry.forget_after)
         self.sender = KafkaSender(cfg.kafka, self.queue, self.ledger, self.log)
-        # A line must fit in one batch the broker accepts: long_lines applies at that limit.
-        limit = cfg.kafka.batch_max_bytes - _RECORD_ROOM
-        inputs = [
-            i.model_copy(update={"max_line_bytes": min(i.max_line_bytes, limit)})
-            for i in cfg.inputs
-        ]
-        self.tailer = Tailer(inputs, cfg.tail, registry=self.registry, put=self.queue.put,
-                             room=self.queue.room, offer=self.queue.offer,
+        self.tailer = Tailer(cfg.inputs, cfg.tail, registry=self.registry,
+                             offer=self.queue.offer, put=self.queue.put,
+                             wait_for_room=self.queue.wait_for_room,
                              ledger=self.ledger, log=self.log)
         self.metrics: MetricsServer | None = None
         self._stop = threading.Event()
@@ -114,13 +111,10 @@ class Daemon:
                       queued=self.ledger.snapshot().queued_lines)
         self.tailer.stop()
         self.sender.stop(deadline)
-        left = self.queue.drop_all("shutdown")
-        with self.ledger.lock:  # anything the sender still held when it gave up
-            held, held_bytes = self.ledger.inflight_lines, self.ledger.inflight_bytes
-        if held:
-            self.ledger.dropped("shutdown", held, held_bytes)
-        if left or held:
-            self.log.warning("lines_dropped", reason="shutdown", count=left + held)
+        # Whatever is still queued, or held by a sender that gave up, is dropped now.
+        left = self.queue.drop_all("shutdown") + self.ledger.drop_queued("shutdown")
+        if left:
+            self.log.warning("lines_dropped", reason="shutdown", count=left)
         if self.metrics is not None:
             self.metrics.stop()
         snap = self.ledger.snapshot()

@@ -1,13 +1,16 @@
 """The bounded in-memory queue between tailer and sender, and its drop policy.
 
-``put`` never blocks: when a chunk does not fit, the ``when_full`` policy decides which lines
-go, and they are counted as dropped (``queue_full``) under the same lock that decides it.
-Chunks (lists of lines) travel through it, never single lines.
+Chunks go in and come out; the queue owns its deque, its counts and its lock, and reports
+every line it admits or drops to the ledger in the same step that decides it.
 
-``room`` tells the tailer how much it may read without overflowing while the sender is
-delivering (a file's backlog then waits in the file, not in memory). When nothing has been
-handed to Kafka for ``stall_timeout`` while lines wait (Kafka down or stalled), ``room`` stops
-limiting: reading keeps up with the files and the overflow is dropped and counted.
+- ``put`` never blocks: what does not fit is dropped by the ``when_full`` policy and counted
+  as ``queue_full``.
+- ``offer`` is how the tailer paces reading while Kafka is taking lines: it admits the longest
+  prefix that fits and hands back the rest, so a backlog waits in the file, not in memory;
+  ``wait_for_room`` sleeps until a ``take`` frees room. The sender calls ``delivered`` each
+  time it hands lines to Kafka; when that has not happened for ``stall_timeout`` while lines
+  wait (Kafka down or stalled), the queue is *stalled*: ``offer`` then behaves like ``put``,
+  reading keeps up with the files and the overflow is dropped.
 """
 
 from __future__ import annotations
@@ -16,44 +19,37 @@ import threading
 import time
 from bisect import bisect_right
 from collections import deque
+from collections.abc import Callable, Hashable
 from itertools import accumulate
 from operator import add
 
+from shipper.chunk import LINE_OVERHEAD, OFFSET_OVERHEAD, Chunk, Source
 from shipper.config import QueueConfig
 from shipper.ledger import Ledger
 
-__all__ = ["LINE_OVERHEAD", "DropQueue"]
+__all__ = ["DropQueue", "Group"]
 
-#: Bytes of Python bookkeeping per queued line (bytes object header and list slot),
-#: counted against ``queue.max_bytes`` so the bound is a bound on memory, not just payload.
-LINE_OVERHEAD = 48
+#: Maps a chunk's source to a batching group: ``take`` never mixes two groups.
+Group = Callable[[Source], Hashable]
 
 
-class _Chunk:
-    """A list of lines from one source and the index of the first line not yet taken."""
-
-    __slots__ = ("lines", "nbytes", "source", "start")
-
-    def __init__(self, lines: list[bytes], nbytes: int, source: str) -> None:
-        self.lines = lines
-        self.start = 0
-        self.nbytes = nbytes  # bytes of lines[start:]
-        self.source = source
+def _per_line(chunk: Chunk) -> int:
+    return LINE_OVERHEAD + (OFFSET_OVERHEAD if chunk.offsets is not None else 0)
 
 
 def _prefix_fitting(
-    lines: list[bytes], start: int, max_lines: int, max_cost: int, overhead: int = 0
+    lines: list[bytes], max_lines: int, max_cost: int, overhead: int = 0
 ) -> tuple[int, int]:
-    """Return (count, payload bytes) of the longest run of ``lines[start:]`` with at most
+    """Return (count, payload bytes) of the longest prefix of ``lines`` with at most
     ``max_lines`` lines costing at most ``max_cost`` (payload + ``overhead`` per line).
 
     Cumulative costs are built and searched by C code (accumulate, map, bisect): no
     Python-level step per line.
     """
-    end = min(len(lines), start + max_lines)
-    if end <= start:
+    end = min(len(lines), max_lines)
+    if end <= 0 or max_cost <= 0:
         return 0, 0
-    cum = list(accumulate(map(len, lines[start:end])))
+    cum = list(accumulate(map(len, lines[:end] if end < len(lines) else lines)))
     costs = (
         list(map(add, cum, range(overhead, overhead * (len(cum) + 1), overhead)))
         if overhead
@@ -64,231 +60,229 @@ def _prefix_fitting(
 
 
 class DropQueue:
-    """Bounded by lines and bytes; drops newest or oldest on overflow; never blocks ``put``."""
+    """Bounded by lines and by memory; drops newest or oldest on overflow."""
 
     def __init__(self, cfg: QueueConfig, ledger: Ledger) -> None:
         self._max_lines = cfg.max_lines
-        self._max_bytes = cfg.max_bytes
+        self._max_cost = cfg.max_bytes
         self._drop_oldest = cfg.when_full == "drop_oldest"
-        self._ledger = ledger
-        self._lock = ledger.lock
-        self._nonempty = threading.Condition(self._lock)
-        self._chunks: deque[_Chunk] = deque()
-        self._woken = False
         self._stall_timeout = cfg.stall_timeout
-        self._quiet_since = time.monotonic()  # last put into an empty pipeline
-        self.last_source = ""  # source of the lines the last take() returned (by_source)
+        self._ledger = ledger
+        self._lock = threading.Lock()
+        self._nonempty = threading.Condition(self._lock)
+        self._room = threading.Condition(self._lock)
+        self._chunks: deque[Chunk] = deque()
+        self._lines = 0
+        self._bytes = 0  # payload
+        self._cost = 0  # payload plus per-line bookkeeping
+        self._woken = False
+        # Since when lines have been admitted with no delivery after them (None: none waits).
+        self._undelivered_since: float | None = None
 
     @property
     def lines(self) -> int:
-        """Lines waiting in the queue (not counting what the sender holds)."""
-        return self._ledger.queue_lines
+        """Lines waiting in the queue (not counting what the sender has taken)."""
+        return self._lines
 
     @property
     def nbytes(self) -> int:
-        """Bytes waiting in the queue."""
-        return self._ledger.queue_bytes
+        """Payload bytes waiting in the queue."""
+        return self._bytes
 
-    def put(self, lines: list[bytes], nbytes: int, source: str = "") -> None:
-        """Count ``lines`` as read and queue them; drop per policy what does not fit.
+    # -- in ---------------------------------------------------------------------------
+    def put(self, chunk: Chunk) -> None:
+        """Admit ``chunk``; drop by policy (and count) whatever does not fit."""
+        if chunk.lines:
+            with self._lock:
+                self._admit_dropping(chunk)
 
-        ``source`` names where the lines come from (the file), for partitioning by file.
+    def offer(self, chunk: Chunk) -> Chunk | None:
+        """Admit the longest prefix of ``chunk`` that fits, dropping nothing; return the rest.
+
+        Returns None when everything was admitted. While the queue is stalled it admits
+        everything like ``put``, dropping the overflow by policy.
         """
-        n = len(lines)
-        if not n:
-            return
+        if not chunk.lines:
+            return None
         with self._lock:
-            self._take_in(lines, nbytes, source)
+            if self._fits(chunk):
+                self._append(chunk)
+                return None
+            if self._stalled(time.monotonic()):
+                self._admit_dropping(chunk)
+                return None
+            k, kb = self._fitting(chunk)
+            if not k:
+                return chunk
+            head, rest = chunk.split(k, kb)
+            self._append(head)
+            return rest
 
-    def _take_in(self, lines: list[bytes], nbytes: int, source: str) -> None:
-        """Count ``lines`` as read and queue them, dropping by policy what does not fit."""
-        led = self._ledger
-        led.read_lines += len(lines)
-        led.read_bytes += nbytes
-        free_lines, free_cost = self._free()
-        if len(lines) <= free_lines and nbytes + LINE_OVERHEAD * len(lines) <= free_cost:
-            self._append(lines, nbytes, source)
-        elif self._drop_oldest:
-            self._put_dropping_oldest(lines, nbytes, source)
-        else:
-            self._put_dropping_newest(lines, nbytes, source)
+    def wait_for_room(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` until a line fits or the queue stalls; True if so."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                now = time.monotonic()
+                if self._has_room() or self._stalled(now):
+                    return True
+                left = deadline - now
+                if left <= 0:
+                    return False
+                since = self._undelivered_since
+                if since is not None:  # wake up when the stall begins, at the latest
+                    left = min(left, max(since + self._stall_timeout - now, 0.0) + 0.001)
+                self._room.wait(left)
 
-    def _fitting(self, lines: list[bytes]) -> tuple[int, int]:
-        """(count, payload bytes) of the longest prefix of ``lines`` that fits now."""
-        free_lines, free_cost = self._free()
-        if free_lines <= 0 or free_cost <= 0:
-            return 0, 0
-        return _prefix_fitting(lines, 0, free_lines, free_cost, LINE_OVERHEAD)
+    def _has_room(self) -> bool:
+        return self._lines < self._max_lines and self._cost + LINE_OVERHEAD < self._max_cost
 
-    def _free(self) -> tuple[int, int]:
-        """Room left: (lines, bytes of payload plus per-line bookkeeping)."""
-        led = self._ledger
+    def _fits(self, chunk: Chunk) -> bool:
         return (
-            self._max_lines - led.queue_lines,
-            self._max_bytes - led.queue_bytes - LINE_OVERHEAD * led.queue_lines,
+            self._lines + len(chunk.lines) <= self._max_lines
+            and self._cost + chunk.cost <= self._max_cost
         )
 
-    def offer(self, lines: list[bytes], nbytes: int, source: str = "") -> int:
-        """Queue the longest prefix of ``lines`` that fits, dropping nothing; return its length.
+    def _fitting(self, chunk: Chunk) -> tuple[int, int]:
+        """(count, payload bytes) of the longest prefix of ``chunk`` that fits now."""
+        return _prefix_fitting(
+            chunk.lines,
+            self._max_lines - self._lines,
+            self._max_cost - self._cost,
+            _per_line(chunk),
+        )
 
-        While the queue stalls (nothing sent for ``stall_timeout`` with lines waiting) it
-        takes everything like ``put``, dropping the overflow by policy.
-        """
-        n = len(lines)
-        if not n:
-            return 0
-        led = self._ledger
-        with self._lock:
-            room_lines, room_cost = self._free()
-            if n <= room_lines and nbytes + LINE_OVERHEAD * n <= room_cost:
-                k, kb = n, nbytes
-            elif self._stalled():
-                self._take_in(lines, nbytes, source)
-                return n
-            else:
-                k, kb = self._fitting(lines)
-            if k:
-                led.read_lines += k
-                led.read_bytes += kb
-                self._append(lines if k == n else lines[:k], kb, source)
-            return k
+    def _stalled(self, now: float) -> bool:
+        """Nothing was delivered for ``stall_timeout`` while lines waited (in the queue or
+        taken by the sender)."""
+        since = self._undelivered_since
+        return since is not None and now - since > self._stall_timeout
 
-    def _stalled(self) -> bool:
-        """Nothing was handed to Kafka for ``stall_timeout`` while lines waited."""
-        since = max(self._quiet_since, self._ledger.last_sent)
-        return time.monotonic() - since > self._stall_timeout
-
-    def room(self) -> int:
-        """Bytes the tailer may read now; unlimited (a large number) while the queue stalls."""
-        led = self._ledger
-        free_lines, free_bytes = self._free()
-        if free_lines > 0 and free_bytes > 0:
-            # Estimate bytes per line from what was read so far, with a margin of two for
-            # lines shorter than the average.
-            per_line = (led.read_bytes // led.read_lines + 1) // 2 if led.read_lines else 16
-            return min(free_bytes, free_lines * max(per_line, 1))
-        if self._stalled():
-            return 1 << 62  # stalled: keep reading, let the overflow drop
-        return 0
-
-    def _append(self, lines: list[bytes], nbytes: int, source: str) -> None:
-        led = self._ledger
-        if not led.queue_lines and not led.inflight_lines:
-            self._quiet_since = time.monotonic()
-        self._chunks.append(_Chunk(lines, nbytes, source))
-        led.queue_lines += len(lines)
-        led.queue_bytes += nbytes
+    def _append(self, chunk: Chunk) -> None:
+        if self._undelivered_since is None:
+            self._undelivered_since = time.monotonic()
+        self._chunks.append(chunk)
+        n = len(chunk.lines)
+        self._lines += n
+        self._bytes += chunk.nbytes
+        self._cost += chunk.cost
+        self._ledger.admitted(n, chunk.nbytes)
         self._nonempty.notify()
 
-    def _drop(self, lines: int, nbytes: int) -> None:
-        self._ledger.count_dropped("queue_full", lines, nbytes)
+    def _admit_dropping(self, chunk: Chunk) -> None:
+        if self._fits(chunk):
+            self._append(chunk)
+        elif self._drop_oldest:
+            self._admit_dropping_oldest(chunk)
+        else:
+            k, kb = self._fitting(chunk)
+            if k:
+                head, rest = chunk.split(k, kb)
+                self._append(head)
+                chunk = rest
+            self._ledger.rejected("queue_full", len(chunk.lines), chunk.nbytes)
 
-    def _put_dropping_newest(self, lines: list[bytes], nbytes: int, source: str) -> None:
-        k, kb = self._fitting(lines)
-        if k:
-            self._append(lines[:k], kb, source)
-        self._drop(len(lines) - k, nbytes - kb)
-
-    def _put_dropping_oldest(self, lines: list[bytes], nbytes: int, source: str) -> None:
-        led = self._ledger
-        ovh = LINE_OVERHEAD
-        max_lines, max_cost = self._max_lines, self._max_bytes
-        if len(lines) > max_lines or nbytes + ovh * len(lines) > max_cost:
+    def _admit_dropping_oldest(self, chunk: Chunk) -> None:
+        per_line = _per_line(chunk)
+        if len(chunk.lines) > self._max_lines or chunk.cost > self._max_cost:
             # The chunk alone is larger than the queue: keep its newest lines that fit.
-            k, kb = _prefix_fitting(lines[::-1], 0, max_lines, max_cost, ovh)
-            self._drop(len(lines) - k, nbytes - kb)
-            lines, nbytes = lines[len(lines) - k :], kb
-        n = len(lines)
+            k, kb = _prefix_fitting(chunk.lines[::-1], self._max_lines, self._max_cost, per_line)
+            old, chunk = chunk.split(len(chunk.lines) - k, chunk.nbytes - kb)
+            self._ledger.rejected("queue_full", len(old.lines), old.nbytes)
         chunks = self._chunks
         while chunks:
-            need_lines = led.queue_lines + n - max_lines
-            need_cost = led.queue_bytes + nbytes + ovh * (led.queue_lines + n) - max_cost
+            need_lines = self._lines + len(chunk.lines) - self._max_lines
+            need_cost = self._cost + chunk.cost - self._max_cost
             if need_lines <= 0 and need_cost <= 0:
                 break
             head = chunks[0]
-            remaining = len(head.lines) - head.start
-            if need_lines >= remaining or need_cost >= head.nbytes + ovh * remaining:
+            if need_lines >= len(head.lines) or need_cost >= head.cost:
                 chunks.popleft()
-                cut, cut_bytes = remaining, head.nbytes
+                gone = head
             else:
+                head_per_line = _per_line(head)
                 cut = max(need_lines, 0)
-                cut_bytes = sum(map(len, head.lines[head.start : head.start + cut]))
-                while cut_bytes + ovh * cut < need_cost:
-                    cut_bytes += len(head.lines[head.start + cut])
+                cut_bytes = sum(map(len, head.lines[:cut]))
+                while cut_bytes + head_per_line * cut < need_cost:
+                    cut_bytes += len(head.lines[cut])
                     cut += 1
-                head.start += cut
-                head.nbytes -= cut_bytes
-            led.queue_lines -= cut
-            led.queue_bytes -= cut_bytes
-            self._drop(cut, cut_bytes)
-        if lines:
-            self._append(lines, nbytes, source)
+                gone, chunks[0] = head.split(cut, cut_bytes)
+            self._remove(gone)
+            self._ledger.dropped("queue_full", len(gone.lines), gone.nbytes)
+        if chunk.lines:
+            self._append(chunk)
 
+    def _remove(self, chunk: Chunk) -> None:
+        self._lines -= len(chunk.lines)
+        self._bytes -= chunk.nbytes
+        self._cost -= chunk.cost
+
+    # -- out --------------------------------------------------------------------------
     def take(
-        self, max_lines: int, max_bytes: int, timeout: float, linger: float = 0.0,
-        by_source: bool = False,
-    ) -> tuple[list[bytes], int]:
-        """Take up to the limits (at least one line if any), waiting up to ``timeout``.
+        self,
+        max_lines: int,
+        max_bytes: int,
+        timeout: float,
+        linger: float = 0.0,
+        group: Group | None = None,
+    ) -> list[Chunk]:
+        """Take chunks up to ``max_lines`` and ``max_bytes`` of payload (at least one line if
+        any waits), waiting up to ``timeout`` for the first and ``linger`` for a fuller take.
 
-        When fewer lines than a full batch are waiting, wait up to ``linger`` for more.
-        With ``by_source``, stop where the source changes; ``last_source`` names it.
-        The lines stay counted as queued until the caller settles them with
-        ``Ledger.sent`` or ``Ledger.dropped``. Returns ``([], 0)`` on timeout or ``wake``.
+        With ``group``, stop before a chunk of another group. The lines stay counted as
+        queued in the ledger until the caller settles them (sent or dropped). Returns ``[]``
+        on timeout or ``wake``.
         """
-        led = self._ledger
         with self._lock:
-            if not led.queue_lines and not self._woken:
+            if not self._lines and not self._woken:
                 self._nonempty.wait(timeout)
-            if led.queue_lines and linger > 0 and not self._woken and (
-                led.queue_lines < max_lines and led.queue_bytes < max_bytes
+            if self._lines and linger > 0 and not self._woken and (
+                self._lines < max_lines and self._bytes < max_bytes
             ):
                 deadline = time.monotonic() + linger
-                while (
-                    not self._woken
-                    and led.queue_lines < max_lines
-                    and led.queue_bytes < max_bytes
-                ):
+                while not self._woken and self._lines < max_lines and self._bytes < max_bytes:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
                     self._nonempty.wait(left)
             self._woken = False
-            if not led.queue_lines:
-                return [], 0
-            out: list[bytes] = []
-            out_bytes = 0
-            chunks = self._chunks
-            source = chunks[0].source if chunks else ""
-            self.last_source = source
-            while chunks and len(out) < max_lines:
-                head = chunks[0]
-                if by_source and head.source != source:
-                    break
-                remaining = len(head.lines) - head.start
-                if len(out) + remaining <= max_lines and out_bytes + head.nbytes <= max_bytes:
-                    out += head.lines[head.start :] if head.start else head.lines
-                    out_bytes += head.nbytes
-                    chunks.popleft()
-                    continue
-                k, kb = _prefix_fitting(
-                    head.lines, head.start, max_lines - len(out), max_bytes - out_bytes
-                )
-                if not k and not out:
-                    k, kb = 1, len(head.lines[head.start])  # always make progress
-                if k:
-                    out += head.lines[head.start : head.start + k]
-                    out_bytes += kb
-                    head.start += k
-                    head.nbytes -= kb
-                    if head.start == len(head.lines):
-                        chunks.popleft()
+            if not self._lines:
+                return []
+            out = self._take_chunks(max_lines, max_bytes, group)
+            self._room.notify_all()
+            return out
+
+    def delivered(self) -> None:
+        """Note that the sender just handed lines to Kafka (the queue is not stalled)."""
+        with self._lock:
+            self._undelivered_since = time.monotonic() if self._lines else None
+
+    def _take_chunks(self, max_lines: int, max_bytes: int, group: Group | None) -> list[Chunk]:
+        chunks = self._chunks
+        out: list[Chunk] = []
+        n = nbytes = 0
+        want = group(chunks[0].source) if group is not None else None
+        while chunks and n < max_lines:
+            head = chunks[0]
+            if group is not None and out and group(head.source) != want:
                 break
-            n = len(out)
-            led.queue_lines -= n
-            led.queue_bytes -= out_bytes
-            led.inflight_lines += n
-            led.inflight_bytes += out_bytes
-            return out, out_bytes
+            if n + len(head.lines) <= max_lines and nbytes + head.nbytes <= max_bytes:
+                chunks.popleft()
+                piece = head
+            else:
+                k, kb = _prefix_fitting(head.lines, max_lines - n, max_bytes - nbytes)
+                if not k and not out:
+                    k, kb = 1, len(head.lines[0])  # always make progress
+                if not k:
+                    break
+                piece, chunks[0] = head.split(k, kb)
+            self._remove(piece)
+            out.append(piece)
+            n += len(piece.lines)
+            nbytes += piece.nbytes
+            if piece is not head:
+                break
+        return out
 
     def wake(self) -> None:
         """Make a waiting ``take`` return now (used at shutdown)."""
@@ -298,11 +292,11 @@ class DropQueue:
 
     def drop_all(self, reason: str) -> int:
         """Drop everything still queued for ``reason``; return the number of lines."""
-        led = self._ledger
         with self._lock:
-            n, b = led.queue_lines, led.queue_bytes
+            n, b = self._lines, self._bytes
             self._chunks.clear()
-            led.queue_lines = 0
-            led.queue_bytes = 0
-            led.count_dropped(reason, n, b)
+            self._lines = self._bytes = self._cost = 0
+            if n:
+                self._ledger.dropped(reason, n, b)
+            self._room.notify_all()
             return n

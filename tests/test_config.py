@@ -70,3 +70,22 @@ kafka:
     assert "queue.max_bytes: invalid size 'lots'" in problems
     assert "queue.when_ful: unknown key" in problems
     assert "kafka.bootstrap_servers: Field required" in problems
+
+
+def test_missing_codec_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compression whose codec is not installed is refused by validation, with the extra
+    to install, so ``validate`` and ``run`` agree."""
+    from shipper.kafka import encode  # noqa: PLC0415
+
+    monkeypatch.setitem(encode.CODEC_MODULES, "zstd", "no_such_codec_module")
+    with pytest.raises(ConfigError) as info:
+        parse(MINIMAL + "  compression: zstd\n")
+    (problem,) = info.value.problems
+    assert problem.startswith("kafka.compression: compression 'zstd' needs")
+    assert "shipper[zstd]" in problem
+
+
+def test_line_limit_follows_the_batch_size() -> None:
+    """max_line_bytes is capped so that a line always fits in one batch."""
+    cfg = parse(MINIMAL + "  batch_max_bytes: 64KiB\n")
+    assert cfg.inputs[0].max_line_bytes == 64 * 1024 - 128

@@ -5,15 +5,25 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shipper.chunk import Chunk, Source
 from shipper.tail.lines import LineSplitter
 
 
-def feed_all(sp: LineSplitter, pieces: list[bytes]) -> list[bytes]:
+def feed_all(sp: LineSplitter, pieces: list[bytes], starts: list[int] | None = None
+             ) -> list[bytes]:
+    """Feed ``pieces`` read one after the other from offset 0; collect the lines (and, into
+    ``starts``, where each line starts in the file)."""
     out: list[bytes] = []
+    at = 0
     for p in pieces:
-        lines, n = sp.feed(p)
-        assert n == sum(map(len, lines))
-        out += lines
+        cut = sp.feed(p, at)
+        at += len(p)
+        assert cut.nbytes == sum(map(len, cut.lines))
+        out += cut.lines
+        if starts is not None:
+            ch = Chunk(cut.lines, cut.nbytes, Source("f", 0), 0.0, cut.base, cut.eol,
+                       cut.offsets)
+            starts += ch.starts()
     return out
 
 
@@ -81,7 +91,7 @@ def test_flush_returns_partial_once() -> None:
 def test_chunking_does_not_matter(data: bytes, cuts: list[int]) -> None:
     """Any way of cutting the stream into reads gives the same lines as one read."""
     whole = LineSplitter(1 << 20)
-    expect, _ = whole.feed(data)
+    expect = whole.feed(data).lines
     pieces, prev = [], 0
     for c in sorted({min(c, len(data)) for c in cuts}):
         pieces.append(data[prev:c])
@@ -92,3 +102,31 @@ def test_chunking_does_not_matter(data: bytes, cuts: list[int]) -> None:
     assert sp.partial == whole.partial
     ref = [ln[:-1] if ln.endswith(b"\r") else ln for ln in data.split(b"\n")[:-1]]
     assert expect == ref
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(st.binary(max_size=40).filter(lambda b: b"\n" not in b), max_size=30),
+    crlf=st.lists(st.booleans(), max_size=30),
+    cuts=st.lists(st.integers(0, 1500), max_size=8),
+    limit=st.integers(4, 60),
+    policy=st.sampled_from(["truncate", "drop"]),
+)
+def test_offsets_point_at_each_line(lines: list[bytes], crlf: list[bool], cuts: list[int],
+                                    limit: int, policy: str) -> None:
+    """Whatever the line ends, read sizes and long-line policy, each line's offset is where
+    that line starts in the file."""
+    ends = [b"\r\n" if crlf[i % len(crlf)] else b"\n" for i in range(len(lines))] if crlf else [
+        b"\n"] * len(lines)
+    data = b"".join(ln + e for ln, e in zip(lines, ends, strict=True))
+    pieces, prev = [], 0
+    for c in sorted({min(c, len(data)) for c in cuts}):
+        pieces.append(data[prev:c])
+        prev = c
+    pieces.append(data[prev:])
+    starts: list[int] = []
+    out = feed_all(LineSplitter(limit, policy), pieces, starts)
+    assert len(starts) == len(out)
+    for line, at in zip(out, starts, strict=True):
+        assert data[at:].startswith(line)
+        assert at == 0 or data[at - 1 : at] == b"\n"

@@ -9,20 +9,36 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shipper.chunk import LINE_OVERHEAD, Chunk, Source
 from shipper.config import QueueConfig
 from shipper.ledger import Ledger
-from shipper.queue import LINE_OVERHEAD, DropQueue
+from shipper.queue import DropQueue
+from tests.support.wait import wait_until
+
+SOURCE = Source("/var/log/app.log", 0)
 
 
-def make(max_lines: int = 10, max_bytes: int = 1024, when_full: str = "drop_newest"
-         ) -> tuple[DropQueue, Ledger]:
+def make(max_lines: int = 10, max_bytes: int = 1024, when_full: str = "drop_newest",
+         stall_timeout: float = 5.0) -> tuple[DropQueue, Ledger]:
     ledger = Ledger()
-    cfg = QueueConfig(max_lines=max_lines, max_bytes=max_bytes, when_full=when_full)
+    cfg = QueueConfig(max_lines=max_lines, max_bytes=max_bytes, when_full=when_full,
+                      stall_timeout=stall_timeout)
     return DropQueue(cfg, ledger), ledger
 
 
+def chunk(lines: list[bytes], source: Source = SOURCE, base: int = 0) -> Chunk:
+    return Chunk(lines, sum(map(len, lines)), source, 0.0, base)
+
+
 def put(q: DropQueue, lines: list[bytes]) -> None:
-    q.put(lines, sum(map(len, lines)))
+    q.put(chunk(lines))
+
+
+def take(q: DropQueue, max_lines: int, max_bytes: int, timeout: float = 0.0
+         ) -> tuple[list[bytes], int]:
+    """The lines and payload bytes of one take(), flattened."""
+    got = q.take(max_lines, max_bytes, timeout)
+    return [ln for c in got for ln in c.lines], sum(c.nbytes for c in got)
 
 
 def test_fifo_order_across_chunks() -> None:
@@ -30,7 +46,7 @@ def test_fifo_order_across_chunks() -> None:
     q, led = make(max_lines=100)
     put(q, [b"a", b"b"])
     put(q, [b"c"])
-    lines, n = q.take(100, 1 << 20, 0)
+    lines, n = take(q, 100, 1 << 20)
     assert lines == [b"a", b"b", b"c"]
     assert n == 3
     led.sent(3, 3)
@@ -41,10 +57,10 @@ def test_take_splits_chunks_at_limits() -> None:
     """take() honours max_lines and max_bytes and leaves the rest for the next call."""
     q, led = make(max_lines=100)
     put(q, [b"aaaa", b"bbbb", b"cccc"])
-    assert q.take(2, 1 << 20, 0) == ([b"aaaa", b"bbbb"], 8)
-    assert q.take(10, 3, 0) == ([b"cccc"], 4)  # always at least one line
+    assert take(q, 2, 1 << 20) == ([b"aaaa", b"bbbb"], 8)
+    assert take(q, 10, 3) == ([b"cccc"], 4)  # always at least one line
     led.sent(3, 12)
-    assert q.take(10, 10, 0) == ([], 0)
+    assert take(q, 10, 10) == ([], 0)
     assert led.snapshot().balanced
 
 
@@ -56,7 +72,7 @@ def test_drop_newest_keeps_what_fits_and_counts_the_rest() -> None:
     s = led.snapshot()
     assert s.dropped_lines["queue_full"] == 2
     assert s.queued_lines == 3
-    assert q.take(10, 100, 0)[0] == [b"1", b"2", b"3"]
+    assert take(q, 10, 100)[0] == [b"1", b"2", b"3"]
 
 
 def test_drop_oldest_evicts_the_head() -> None:
@@ -65,7 +81,7 @@ def test_drop_oldest_evicts_the_head() -> None:
     put(q, [b"1", b"2"])
     put(q, [b"3", b"4", b"5"])
     assert led.snapshot().dropped_lines["queue_full"] == 2
-    assert q.take(10, 100, 0)[0] == [b"3", b"4", b"5"]
+    assert take(q, 10, 100)[0] == [b"3", b"4", b"5"]
 
 
 def test_bytes_bound() -> None:
@@ -81,13 +97,13 @@ def test_bytes_bound() -> None:
 def test_take_times_out_empty_and_wake_releases() -> None:
     """An empty take() returns after its timeout, and wake() releases a waiting one."""
     q, _ = make()
-    assert q.take(10, 10, 0.01) == ([], 0)
-    got: list[tuple[list[bytes], int]] = []
+    assert q.take(10, 10, 0.01) == []
+    got: list[list[Chunk]] = []
     t = threading.Thread(target=lambda: got.append(q.take(10, 10, 30)))
     t.start()
     q.wake()
     t.join(5)
-    assert got == [([], 0)]
+    assert got == [[]]
 
 
 def test_drop_all_counts_shutdown() -> None:
@@ -127,14 +143,14 @@ def test_ledger_balances_and_order_is_kept(
             seq += len(lines)
             put(q, lines)
         else:
-            lines, n = q.take(op[1], op[2], 0)  # type: ignore[arg-type]
+            lines, n = take(q, op[1], op[2])  # type: ignore[arg-type]
             taken += lines
             led.sent(len(lines), n)
         s = led.snapshot()
         assert s.balanced
         assert q.lines <= max_lines
         assert q.nbytes + LINE_OVERHEAD * q.lines <= max_bytes
-    taken += q.take(10**9, 10**9, 0)[0]
+    taken += take(q, 10**9, 10**9)[0]
     ids = [int(x.split(b":", 1)[0]) for x in taken]
     assert ids == sorted(set(ids))
 
@@ -147,48 +163,68 @@ def test_single_chunk_bigger_than_queue(policy: str) -> None:
     s = led.snapshot()
     assert s.queued_lines == 5
     assert s.dropped_lines["queue_full"] == 7
-    first = q.take(100, 1000, 0)[0]
+    first = take(q, 100, 1000)[0]
     assert first == ([b"%d" % i for i in range(5)] if policy == "drop_newest"
                      else [b"%d" % i for i in range(7, 12)])
 
 
-def test_room_paces_reads_while_the_sender_delivers() -> None:
-    """room() limits reads to what fits while lines are being handed to Kafka."""
-    q, led = make(max_lines=10, max_bytes=10_000)
-    assert q.room() > 0
-    put(q, [b"x" * 99] * 10)
-    assert q.room() == 0  # full, and the sender delivered recently: wait, don't drop
-    lines, n = q.take(5, 10_000, 0)
-    led.sent(len(lines), n)
-    assert 0 < q.room() <= 5 * 100
-
-
-def test_room_stops_limiting_when_kafka_stalls() -> None:
-    """When nothing was sent for stall_timeout while lines wait, reading is no longer held
-    back, so overflow is dropped (and counted) instead of lagging without bound."""
-    ledger = Ledger()
-    q = DropQueue(QueueConfig(max_lines=2, stall_timeout=0.0), ledger)
-    put(q, [b"a", b"b"])
-    time.sleep(0.01)
-    assert q.room() > 1 << 40
-
-
-def test_offer_takes_what_fits_and_drops_nothing() -> None:
-    """offer() queues the prefix that fits and leaves the rest to the caller, uncounted."""
+def test_offer_takes_what_fits_and_returns_the_rest() -> None:
+    """offer() queues the prefix that fits and hands back the rest, uncounted, starting
+    at the file offset of its first line."""
     q, led = make(max_lines=3)
-    assert q.offer([b"a", b"b"], 2) == 2
-    assert q.offer([b"c", b"d", b"e"], 3) == 1
+    assert q.offer(chunk([b"a", b"b"])) is None
+    rest = q.offer(chunk([b"cc", b"dd", b"ee"], base=100))
+    assert rest is not None
+    assert rest.lines == [b"dd", b"ee"]
+    assert rest.base == 103  # "cc\n" taken
     s = led.snapshot()
     assert s.read_lines == 3
     assert s.dropped_lines["queue_full"] == 0
     assert s.balanced
 
 
-def test_offer_drops_by_policy_once_stalled() -> None:
-    """When the queue stalls, offer() behaves like put(): all taken, overflow dropped."""
-    ledger = Ledger()
-    q = DropQueue(QueueConfig(max_lines=2, stall_timeout=0.0), ledger)
+def test_wait_for_room_returns_when_a_take_frees_room() -> None:
+    """A tailer waiting for room wakes as soon as the sender takes lines."""
+    q, _ = make(max_lines=2)
     put(q, [b"a", b"b"])
-    time.sleep(0.01)
-    assert q.offer([b"c"], 1) == 1
-    assert ledger.snapshot().dropped_lines["queue_full"] == 1
+    assert not q.wait_for_room(0.01)
+    got: list[bool] = []
+    t = threading.Thread(target=lambda: got.append(q.wait_for_room(30)))
+    t.start()
+    q.take(1, 100, 0)
+    t.join(5)
+    assert got == [True]
+
+
+def test_offer_drops_by_policy_once_stalled() -> None:
+    """When nothing is delivered for stall_timeout while lines wait, offer() behaves like
+    put(): everything is taken in, and the overflow is dropped and counted."""
+    q, led = make(max_lines=2, stall_timeout=0.05)
+    put(q, [b"a", b"b"])
+    wait_until(lambda: q.wait_for_room(0.2), what="the queue to stall")
+    assert q.offer(chunk([b"c"])) is None
+    assert led.snapshot().dropped_lines["queue_full"] == 1
+
+
+def test_delivery_keeps_the_queue_from_stalling() -> None:
+    """While the sender keeps delivering, a full queue paces reading instead of dropping."""
+    q, led = make(max_lines=2, stall_timeout=0.1)
+    put(q, [b"a", b"b"])
+    end = time.monotonic() + 0.3  # three stall timeouts
+    while time.monotonic() < end:
+        q.delivered()
+        assert q.offer(chunk([b"c"])) is not None
+        assert not q.wait_for_room(0.01)
+    assert led.snapshot().dropped_lines["queue_full"] == 0
+
+
+def test_take_never_mixes_groups() -> None:
+    """With a group function, one take holds chunks of one group only."""
+    q, _ = make(max_lines=100)
+    a, b = Source("/a.log", 0), Source("/b.log", 0)
+    q.put(chunk([b"a1"], a))
+    q.put(chunk([b"a2"], a))
+    q.put(chunk([b"b1"], b))
+    first = q.take(100, 1000, 0, group=lambda s: s.path)
+    assert [ln for c in first for ln in c.lines] == [b"a1", b"a2"]
+    assert [ln for c in q.take(100, 1000, 0) for ln in c.lines] == [b"b1"]

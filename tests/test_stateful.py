@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -70,7 +69,7 @@ class TailerMachine(RuleBasedStateMachine):
                     continue
                 if st_.st_size:
                     want.add(f"{st_.st_dev}:{st_.st_ino}")
-            return want <= set(t._by_key)  # the model needs to know
+            return want <= set(t.open_files())
         self.h.wait(adopted)
 
     # -- rules --------------------------------------------------------------------------
@@ -133,7 +132,7 @@ class TailerMachine(RuleBasedStateMachine):
         except AssertionError as exc:
             lost = sorted(want - set(self.h.sink.lines))
             raise AssertionError(f"{len(lost)} lines lost: {lost[:3]} after {self.steps}") from exc
-        time.sleep(0.03)  # and a round more: nothing read twice arrives late
+        self.h.settle()  # and a few rounds more: nothing read twice arrives late
         got = self.h.sink.lines
         twice = sorted(ln for ln, k in Counter(got).items() if k > 1)
         assert not twice, f"{len(twice)} lines delivered twice: {twice[:5]} after {self.steps}"

@@ -13,27 +13,40 @@ from typing import Any
 
 import pytest
 
+from shipper.chunk import Chunk
 from shipper.config import InputConfig, TailConfig
 from shipper.ledger import Ledger
 from shipper.log import get_logger
 from shipper.tail import Registry, Tailer
+from tests.support.wait import wait_until
 
 
 class Sink:
-    """Collects what the tailer hands on, as the queue would receive it."""
+    """Stands in for the queue: collects what the tailer hands on, and can refuse it (a full
+    queue) while ``gate`` is closed."""
 
     def __init__(self, ledger: Ledger) -> None:
         self.lines: list[bytes] = []
         self.lock = threading.Lock()
         self.ledger = ledger
+        self.gate = threading.Event()
+        self.gate.set()
 
-    def put(self, lines: list[bytes], nbytes: int, source: str = "") -> None:
-        assert nbytes == sum(map(len, lines))
+    def put(self, chunk: Chunk) -> None:
+        assert chunk.nbytes == sum(map(len, chunk.lines))
         with self.lock:
-            self.lines += lines
-        with self.ledger.lock:
-            self.ledger.read_lines += len(lines)
-            self.ledger.sent_lines += len(lines)
+            self.lines += chunk.lines
+        self.ledger.admitted(len(chunk.lines), chunk.nbytes)
+        self.ledger.sent(len(chunk.lines), chunk.nbytes)
+
+    def offer(self, chunk: Chunk) -> Chunk | None:
+        if not self.gate.is_set():
+            return chunk
+        self.put(chunk)
+        return None
+
+    def wait_for_room(self, timeout: float) -> bool:
+        return self.gate.wait(timeout)
 
 
 class Harness:
@@ -52,7 +65,8 @@ class Harness:
                             **tail_kw})
         self.registry = Registry(str(self.state / "registry.json"), 4096, 3600)
         self.tailer = Tailer([InputConfig(**self.input_kw)], cfg, registry=self.registry,
-                             put=self.sink.put, room=lambda: 1 << 30, ledger=self.ledger,
+                             offer=self.sink.offer, put=self.sink.put,
+                             wait_for_room=self.sink.wait_for_room, ledger=self.ledger,
                              log=get_logger())
         self.tailer.start()
         return self
@@ -63,30 +77,30 @@ class Harness:
             self.tailer = None
 
     def crash(self) -> None:
-        """Stop the thread without saving exact positions (what kill -9 leaves behind)."""
+        """Stop without saving exact positions (what kill -9 leaves behind)."""
         assert self.tailer is not None
-        t = self.tailer
-        t._stop.set()  # simulating a crash needs the internals
-        t._changes.event.set()
-        assert t.thread is not None
-        t.thread.join(10)
-        t._watcher.stop()
-        for c in list(t._by_key.values()):
-            os.close(c.fd)
+        self.tailer.abandon()
         self.tailer = None
 
     def wait(self, pred: Callable[[], bool], timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if pred():
-                return
-            time.sleep(0.02)
-        raise AssertionError(f"timed out; got {len(self.sink.lines)} lines, "
-                             f"events={self.ledger.snapshot().events}")
+        wait_until(pred, timeout, "the tailer",
+                   detail=lambda: f"got {len(self.sink.lines)} lines, "
+                                  f"events={self.ledger.snapshot().events}")
+
+    def settle(self) -> None:
+        """Wait until the tailer has looked at every file a few more times (so anything it
+        would wrongly send again has had the chance to arrive)."""
+        assert self.tailer is not None
+        polls = self.tailer.polls
+        self.wait(lambda: self.tailer is not None and self.tailer.polls >= polls + 3)
+
+    def opened(self, n: int = 1) -> None:
+        """Wait until ``n`` files are open (adopted at their start position)."""
+        self.wait(lambda: self.tailer is not None and len(self.tailer.open_files()) >= n)
 
     def wait_lines(self, n: int, timeout: float = 10.0) -> list[bytes]:
         self.wait(lambda: len(self.sink.lines) >= n, timeout)
-        time.sleep(0.3)  # and nothing more arrives
+        self.settle()  # and nothing more arrives
         return self.sink.lines
 
 
@@ -135,7 +149,7 @@ def test_start_at_end_skips_existing_content(harness: MakeHarness) -> None:
     root = h.root
     write(root / "a.log", "old")
     h.start()
-    time.sleep(0.3)
+    h.opened()
     write(root / "a.log", "new")
     assert h.wait_lines(1) == [b"new"]
 
@@ -156,25 +170,21 @@ def test_rename_rotation_with_glob_matching_rotated_names(h: Harness) -> None:
 
 
 def test_copytruncate_reads_the_copy_from_where_it_stopped(h: Harness) -> None:
-    """copytruncate with the copy matching the glob: no line twice, none lost."""
+    """copytruncate with the copy matching the glob, while the queue is full and the last
+    lines are still held: no line twice, none lost."""
     log = h.root / "app.log"
     write(log, *[f"before {i:04d} " + "x" * 40 for i in range(200)])
     h.start()
     h.wait(lambda: len(h.sink.lines) >= 200)
-    assert h.tailer is not None
-    h.tailer._stop.set()  # pause reading so the next lines are unread
-    h.tailer._changes.event.set()
-    assert h.tailer.thread is not None
-    h.tailer.thread.join(5)
-    write(log, *[f"unread {i:04d}" for i in range(30)])
+    h.sink.gate.clear()  # the queue is full: what is read next is held, not handed on
+    write(log, *[f"held {i:04d}" for i in range(30)])
+    h.wait(lambda: h.ledger.snapshot().events.get("files_opened") == 1 and h.tailer is not None
+           and h.tailer.polls > 0)
     shutil.copyfile(log, h.root / "app.log.1")
     with log.open("r+b") as f:
         f.truncate(0)
     write(log, *[f"after {i:04d}" for i in range(20)])
-    # Resume with the same tailer state (as if it had just been slow).
-    h.tailer._stop.clear()
-    h.tailer._thread = threading.Thread(target=h.tailer._run, daemon=True)
-    h.tailer._thread.start()
+    h.sink.gate.set()
     got = h.wait_lines(250, timeout=15)
     assert len(got) == len(set(got)), "a line was read twice"
     assert len(got) == 250
@@ -189,7 +199,7 @@ def test_truncate_without_copy_counts_unread_bytes(h: Harness) -> None:
     h.wait(lambda: len(h.sink.lines) >= 50)
     with log.open("r+b") as f:
         f.truncate(0)
-    time.sleep(0.3)
+    h.wait(lambda: h.ledger.snapshot().events.get("files_truncated") == 1)
     write(log, "fresh 1", "fresh 2")
     got = h.wait_lines(52)
     assert got[-2:] == [b"fresh 1", b"fresh 2"]
@@ -240,7 +250,8 @@ def test_partial_line_across_restart(h: Harness) -> None:
     log = h.root / "app.log"
     log.write_bytes(b"partial")
     h.start()
-    time.sleep(0.4)
+    h.opened()
+    h.settle()
     h.stop()
     assert h.sink.lines == []
     write(log, " line")
@@ -259,7 +270,8 @@ def test_crash_restart_skips_but_never_repeats(h: Harness) -> None:
     h.ledger = Ledger()
     h.sink.ledger = h.ledger
     h.start()
-    time.sleep(0.6)
+    h.opened()
+    h.settle()
     got = h.sink.lines
     assert len(got) == len(set(got))
     lost = h.ledger.snapshot().bytes_lost.get("lost_on_crash", 0)
@@ -274,7 +286,7 @@ def test_corrupt_registry_starts_at_end_and_keeps_a_copy(h: Harness) -> None:
     h.state.mkdir()
     (h.state / "registry.json").write_text("{not json")
     h.start()
-    time.sleep(0.4)
+    h.opened()
     write(log, "new")
     assert h.wait_lines(1) == [b"new"]
     assert h.ledger.snapshot().events.get("registry_reset") == 1
@@ -399,22 +411,21 @@ def test_backlog_through_a_tiny_queue_drops_nothing(tmp_path: Path) -> None:
 
     def consume() -> None:
         while not done.is_set():
-            lines, n = queue.take(100, 1 << 20, 0.05)
-            got.extend(lines)
-            ledger.sent(len(lines), n)
-            time.sleep(0.001)
+            for c in queue.take(100, 1 << 20, 0.05):
+                got.extend(c.lines)
+                ledger.sent(len(c.lines), c.nbytes)
+                queue.delivered()
 
     t = threading.Thread(target=consume)
     t.start()
     registry = Registry(str(tmp_path / "registry.json"), 4096, 3600)
     tailer = Tailer([InputConfig(paths=[str(root / "*.log")], start_at="beginning")],
-                    TailConfig(poll_interval=0.05), registry=registry, put=queue.put,
-                    room=queue.room, offer=queue.offer, ledger=ledger, log=get_logger())
+                    TailConfig(poll_interval=0.05), registry=registry, offer=queue.offer,
+                    put=queue.put, wait_for_room=queue.wait_for_room, ledger=ledger,
+                    log=get_logger())
     tailer.start()
     try:
-        deadline = time.monotonic() + 30
-        while len(got) < 20_000 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: len(got) >= 20_000, 30, "20,000 lines")
     finally:
         tailer.stop()
         done.set()
@@ -436,5 +447,8 @@ def test_partial_last_line_of_a_rotated_file_is_shipped_once(h: Harness) -> None
     got = h.wait_lines(3, timeout=10)
     assert sorted(got) == [b"new file", b"no newline", b"whole"]
     assert h.ledger.snapshot().events.get("partial_lines_flushed") == 1
-    time.sleep(1.0)  # a rescan sees app.log.1 again: known, never re-read
+    assert h.tailer is not None
+    rescans = h.tailer.rescans
+    h.wait(lambda: h.tailer is not None and h.tailer.rescans >= rescans + 2)
+    h.settle()  # rescans saw app.log.1 again: known, never re-read
     assert len(h.sink.lines) == 3

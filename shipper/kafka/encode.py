@@ -1,23 +1,32 @@
-"""Encode whole lists of lines as Kafka RecordBatch v2 bytes with per-chunk, not per-line, work."""
+"""The Kafka record layout: RecordBatch v2 bytes for whole lists of lines, and every size
+overhead of that layout, with per-chunk, not per-line, work.
+
+This is the one place that knows how big a record or a batch is. It imports no Kafka client
+code (codecs are loaded on first use), so the config can use its limits cheaply.
+"""
 
 from __future__ import annotations
 
+import functools
 import gzip
+import importlib.util
 import struct
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from itertools import accumulate
 from typing import Final
 
-import kafka.codec as _codec
 from crc32c import crc32c
 
 __all__ = [
     "COMPRESSION",
     "GZIP_LEVEL",
     "HEADER_SIZE",
+    "LINE_ROOM",
+    "RECORD_OVERHEAD",
     "available_compressions",
     "batch_size",
+    "codec_installed",
     "compression_code",
     "encode_batch",
     "split_batches",
@@ -26,8 +35,18 @@ __all__ = [
 
 #: Size of the RecordBatch v2 header (baseOffset .. records count).
 HEADER_SIZE: Final = 61
+#: Upper bound of one record's bytes beyond its value (length, attributes, timestamp and
+#: offset deltas, key, value length and header count varints) while a batch stays below
+#: 2**31 records.
+RECORD_OVERHEAD: Final = 11
+#: Room a batch of one record needs beyond the record's value (header plus the widest
+#: record overhead), rounded up: a line longer than ``batch_max_bytes - LINE_ROOM`` can
+#: never be sent, so ``long_lines`` applies at that length.
+LINE_ROOM: Final = 128
 #: Compression attribute values of the v2 batch format (attributes bits 0-2).
 COMPRESSION: Final[dict[str, int]] = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
+#: The Python module each optional codec needs (``pip install 'shipper[zstd]'``...).
+CODEC_MODULES: Final[dict[str, str]] = {"snappy": "snappy", "lz4": "lz4", "zstd": "zstandard"}
 #: gzip level; 6 is zlib's (and the Java client's) default, 9 (kafka-python's) is ~3x slower.
 GZIP_LEVEL: Final = 6
 
@@ -131,23 +150,33 @@ def _segments(n: int) -> list[tuple[int, int, int]]:
     return out
 
 
+def codec_installed(name: str) -> bool:
+    """True if compression ``name`` can be used here (``none`` and ``gzip`` always can)."""
+    module = CODEC_MODULES.get(name)
+    return module is None or importlib.util.find_spec(module) is not None
+
+
+@functools.cache
 def _compressor(code: int) -> Callable[[bytes], bytes] | None:
     if code == 0:
         return None
     if code == 1:
         return lambda data: gzip.compress(data, GZIP_LEVEL, mtime=0)
-    if code == 2 and _codec.has_snappy():
-        return _codec.snappy_encode  # type: ignore[no-any-return]  # untyped library
-    if code == 3 and _codec.has_lz4():
-        return _codec.lz4_encode  # type: ignore[no-any-return]  # untyped library
-    if code == 4 and _codec.has_zstd():
-        return _codec.zstd_encode  # type: ignore[no-any-return]  # untyped library
+    from shipper.kafka import compat  # noqa: PLC0415  # loads kafka-python only when needed
+
+    codec = compat.codec()
+    if code == 2 and codec.has_snappy():
+        return codec.snappy_encode  # type: ignore[no-any-return]  # untyped library
+    if code == 3 and codec.has_lz4():
+        return codec.lz4_encode  # type: ignore[no-any-return]  # untyped library
+    if code == 4 and codec.has_zstd():
+        return codec.zstd_encode  # type: ignore[no-any-return]  # untyped library
     return None
 
 
 def available_compressions() -> list[str]:
     """Names of the compression types whose codec is importable here (``none``/``gzip`` always)."""
-    return [name for name, code in COMPRESSION.items() if code == 0 or _compressor(code)]
+    return [name for name in COMPRESSION if codec_installed(name)]
 
 
 def compression_code(name: str) -> int:
@@ -158,9 +187,6 @@ def compression_code(name: str) -> int:
     if code and _compressor(code) is None:
         raise ValueError(f"compression {name!r} needs a codec that is not installed")
     return code
-
-
-_COMPRESSORS: Final = {code: _compressor(code) for code in COMPRESSION.values()}
 
 
 def encode_batch(lines: Sequence[bytes], timestamp_ms: int, compression: int = 0) -> bytes:
@@ -187,7 +213,7 @@ def encode_batch(lines: Sequence[bytes], timestamp_ms: int, compression: int = 0
     body = b"".join(pieces)
     attributes = 0
     if compression:
-        compress = _COMPRESSORS.get(compression)
+        compress = _compressor(compression)
         if compress is None:
             raise ValueError(f"compression {compression} is not available")
         packed = compress(body)

@@ -1,4 +1,6 @@
-"""Files to lines: discovery, following, line splitting and the position registry."""
+"""Files to lines: discovery (``discovery``), identity (``identity``), one open file
+(``reader``), line splitting (``lines``, ``multiline``), positions (``registry``) and the
+thread that schedules them (``tailer``)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,12 @@
 """File positions that survive restarts, written so that no line is ever sent twice.
 
 Each entry maps a file identity (device, inode and a fingerprint of its first bytes) to a
-*durable* offset. The tailer asks ``reserve(entry, end)`` before it hands lines ending at
-``end`` to the queue; when ``end`` passes the durable offset, the registry persists
-``end + reserve`` (temp file, fsync, rename, fsync of the directory) first. After a crash the
-tailer resumes at the durable offset, so a line can be skipped (counted ``lost_on_crash``)
-but never re-read. On a clean stop the exact offsets are written.
+*durable* offset. The tailer calls ``advance(entry, end)`` before it hands lines ending at
+``end`` downstream; when ``end`` passes the durable offset, the registry persists
+``end + reserve`` (temp file, fsync, rename, fsync of the directory) first. Once the lines are
+taken, ``commit(entry, end)`` records the exact position. After a crash the tailer resumes at
+the durable offset, so a line can be skipped (counted ``lost_on_crash``) but never re-read. On
+a clean stop the exact offsets are written. Only the registry changes its entries.
 
 To keep fsync off the reading path, a background writer saves the next reservation while
 the tailer still reads inside the current one (once a quarter is used). The snapshot to
@@ -35,7 +36,7 @@ class RegistryCorruptError(Exception):
 
 @dataclass(slots=True)
 class Entry:
-    """What we know about one file across restarts."""
+    """What we know about one file across restarts; read it freely, change it via Registry."""
 
     dev: int
     ino: int
@@ -48,14 +49,6 @@ class Entry:
     restored: bool = True  # loaded from disk and not yet reopened in this run
     want: int = 0  # a reservation asked for, not yet saved
     gen: int = 0  # bumped when the identity changes (truncation): older saves do not apply
-
-    def reidentify(self, fp_len: int, fp: str) -> None:
-        """Start over at offset 0 with new content (after a truncation)."""
-        self.fp_len, self.fp = fp_len, fp
-        self.exact = 0
-        self.durable = -1  # forces a save (with the new fingerprint) before new lines
-        self.want = 0
-        self.gen += 1
 
     @property
     def key(self) -> str:
@@ -80,7 +73,7 @@ class Registry:
         self.path = Path(path)
         self.reserve_bytes = reserve
         self.forget_after = forget_after
-        self.entries: dict[str, Entry] = {}
+        self._entries: dict[str, Entry] = {}
         self.existed = False  # a registry file was found at load (so this is a restart)
         self.healthy = True  # the last write succeeded
         self.last_error: str | None = None
@@ -169,23 +162,79 @@ class Registry:
                     fp=str(e["fp"]), path=str(e["path"]), durable=int(e["offset"]),
                     exact=int(e.get("exact", e["offset"])), seen=float(e["seen"]),
                 )
-                self.entries[ent.key] = ent
+                self._entries[ent.key] = ent
         except (ValueError, KeyError, TypeError) as exc:
-            self.entries.clear()
+            self._entries.clear()
             backup = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
             with contextlib.suppress(OSError):
                 shutil.copyfile(self.path, backup)
             raise RegistryCorruptError(f"{exc}; a copy was kept at {backup}") from None
 
+    # -- the entries ----------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def find(self, key: str) -> Entry | None:
+        """The entry of the file with identity key ``dev:ino``, if known."""
+        return self._entries.get(key)
+
+    def add(self, *, dev: int, ino: int, fp_len: int, fp: str, path: str, start: int) -> Entry:
+        """Track a file not known by its identity; reading starts at ``start``.
+
+        A start past 0 is saved at once (on failure the next ``advance`` retries; nothing is
+        handed on before).
+        """
+        entry = Entry(dev=dev, ino=ino, fp_len=fp_len, fp=fp, path=path, durable=start,
+                      exact=start, seen=time.time(), restored=False)
+        self._entries[entry.key] = entry
+        if start:
+            self.save()
+        return entry
+
+    def opened(self, entry: Entry, path: str, now: float) -> None:
+        """Note that ``entry``'s file was opened (again) under ``path``."""
+        entry.path = path
+        entry.seen = now
+        entry.restored = False
+
+    def seen(self, entry: Entry, now: float) -> None:
+        """Note that ``entry``'s file still exists (so it is not forgotten)."""
+        entry.seen = now
+
+    def resumed_past(self, entry: Entry, start: int) -> None:
+        """After a crash, reading resumes at ``start``, past the last exact position."""
+        entry.exact = start
+
+    def refingerprint(self, entry: Entry, fp_len: int, fp: str) -> None:
+        """The file grew past its fingerprint: hash more of it (same identity)."""
+        entry.fp_len, entry.fp = fp_len, fp
+
+    def restart(self, entry: Entry, fp_len: int, fp: str) -> None:
+        """The file was truncated: start over at offset 0 with new content."""
+        entry.fp_len, entry.fp = fp_len, fp
+        entry.exact = 0
+        entry.durable = -1  # forces a save (with the new fingerprint) before new lines
+        entry.want = 0
+        entry.gen += 1
+
+    def forget(self, entry: Entry) -> None:
+        """Forget a file that was deleted."""
+        if self._entries.get(entry.key) is entry:
+            del self._entries[entry.key]
+
     def forget_old(self, now: float, live: set[str]) -> int:
         """Drop entries of files not seen for ``forget_after`` seconds; return how many."""
-        old = [k for k, e in self.entries.items()
+        old = [k for k, e in self._entries.items()
                if k not in live and now - e.seen > self.forget_after]
         for k in old:
-            del self.entries[k]
+            del self._entries[k]
         return len(old)
 
-    def reserve(self, entry: Entry, end: int) -> bool:
+    def commit(self, entry: Entry, exact: int) -> None:
+        """Every line before ``exact`` was handed on (or counted): record the position."""
+        entry.exact = exact
+
+    def advance(self, entry: Entry, end: int) -> bool:
         """Make sure ``entry``'s durable offset covers ``end``; False if that cannot be saved.
 
         Blocks on a save only when ``end`` is past what is durable; once half of the
@@ -210,7 +259,7 @@ class Registry:
         """Serialise every entry (on the tailer's thread): the bytes and what they promise."""
         files = []
         applied = []
-        for e in list(self.entries.values()):
+        for e in list(self._entries.values()):
             # After a truncation durable is -1 until the next save: nothing past exact was
             # handed on then, so exact is a safe position to resume at.
             off = e.exact if exact else max(e.durable, e.want, e.exact)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from shipper.readback import read_topic
 from tests.conftest import Broker
 from tests.integration.conftest import Shipper, append, base_config
+from tests.support.readback import read_topic
 
 pytestmark = pytest.mark.kafka
 

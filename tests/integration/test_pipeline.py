@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from shipper.readback import end_offsets, read_topic
 from tests.conftest import Broker
 from tests.integration.conftest import Shipper, append, base_config
+from tests.support.readback import end_offsets, read_topic
 
 pytestmark = pytest.mark.kafka
 

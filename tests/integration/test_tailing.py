@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from shipper.readback import end_offsets, read_topic
 from tests.conftest import Broker, free_port
 from tests.integration.conftest import Shipper, append, base_config, ledger_from_metrics
+from tests.support.readback import end_offsets, read_topic
 
 pytestmark = pytest.mark.kafka
 

@@ -1,4 +1,4 @@
-"""Read back what was shipped: end offsets and records of a topic (for tests, demo and bench)."""
+"""Read back what was shipped: end offsets and records of a topic (tests, demo and bench)."""
 
 from __future__ import annotations
 
