@@ -28,6 +28,7 @@ venv: $(STAMP)
 # stops it at the end, even on failure.
 test: $(STAMP)
 	$(BIN)/ruff check shipper tests bench scripts
+	$(BIN)/ruff format --check shipper tests bench scripts
 	$(BIN)/mypy
 	scripts/kafka-local fetch >/dev/null
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -37,6 +38,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check shipper tests bench scripts
+	$(BIN)/ruff format --check shipper tests bench scripts
 	$(BIN)/mypy
 
 demo: $(STAMP)

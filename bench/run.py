@@ -36,10 +36,22 @@ REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache" / "bench"
 RESULTS = REPO / "bench" / "results"
 SCENARIOS = ("throughput", "latency", "stall")
-_FULL: dict[str, Any] = {"lines": 5_000_000, "reps": 3, "duration": 30.0, "stall": 30.0,
-                         "stall_before": 5.0, "stall_after": 10.0}
-_QUICK: dict[str, Any] = {"lines": 200_000, "reps": 1, "duration": 5.0, "stall": 5.0,
-                          "stall_before": 2.0, "stall_after": 3.0}
+_FULL: dict[str, Any] = {
+    "lines": 5_000_000,
+    "reps": 3,
+    "duration": 30.0,
+    "stall": 30.0,
+    "stall_before": 5.0,
+    "stall_after": 10.0,
+}
+_QUICK: dict[str, Any] = {
+    "lines": 200_000,
+    "reps": 1,
+    "duration": 5.0,
+    "stall": 5.0,
+    "stall_before": 2.0,
+    "stall_after": 3.0,
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,21 +60,33 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lines", type=int, help="lines in the throughput file (default 5,000,000)")
     p.add_argument("--reps", type=int, help="throughput repetitions (default 3)")
     p.add_argument("--partitions", type=int, default=1, help="partitions of every topic")
-    p.add_argument("--programs", default=",".join(PROGRAMS),
-                   help="comma-separated subset of shipper,kcat,rsyslog (throughput)")
+    p.add_argument(
+        "--programs",
+        default=",".join(PROGRAMS),
+        help="comma-separated subset of shipper,kcat,rsyslog (throughput)",
+    )
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per throughput run")
     p.add_argument("--poll", type=float, default=0.2, help="end-offset poll interval, seconds")
     p.add_argument("--duration", type=float, help="latency writer seconds (default 30)")
     p.add_argument("--rate", type=float, default=10_000.0, help="latency writer lines/s")
     p.add_argument("--stall", type=float, help="seconds the broker is frozen (default 30)")
     p.add_argument("--stall-rate", type=float, default=100_000.0, help="stall writer lines/s")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: 200,000 lines, 1 rep, short latency/stall; writes quick.json")
-    p.add_argument("--profile", action="store_true",
-                   help="instead of the scenarios: one shipper throughput run under pyinstrument "
-                        "(all threads) into bench/results/profile.txt")
-    p.add_argument("--no-warmup", action="store_true",
-                   help="skip the unmeasured kcat pass that warms the broker before rep 1")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 200,000 lines, 1 rep, short latency/stall; writes quick.json",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead of the scenarios: one shipper throughput run under pyinstrument "
+        "(all threads) into bench/results/profile.txt",
+    )
+    p.add_argument(
+        "--no-warmup",
+        action="store_true",
+        help="skip the unmeasured kcat pass that warms the broker before rep 1",
+    )
     p.add_argument("--out", type=Path, help="results JSON (default bench/results/latest.json)")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
     return p
@@ -75,11 +99,20 @@ def _options(ns: argparse.Namespace, tmp: Path) -> Options:
     if unknown or not programs:
         raise SystemExit(f"bench: unknown program(s) {sorted(unknown)}; choose from {PROGRAMS}")
     return Options(
-        repo=REPO, tmp=tmp, lines=ns.lines or base["lines"], reps=ns.reps or base["reps"],
-        partitions=ns.partitions, programs=programs, timeout=ns.timeout, poll=ns.poll,
-        latency_rate=ns.rate, duration=ns.duration or base["duration"],
-        stall_rate=ns.stall_rate, stall_before=base["stall_before"],
-        stall=ns.stall or base["stall"], stall_after=base["stall_after"],
+        repo=REPO,
+        tmp=tmp,
+        lines=ns.lines or base["lines"],
+        reps=ns.reps or base["reps"],
+        partitions=ns.partitions,
+        programs=programs,
+        timeout=ns.timeout,
+        poll=ns.poll,
+        latency_rate=ns.rate,
+        duration=ns.duration or base["duration"],
+        stall_rate=ns.stall_rate,
+        stall_before=base["stall_before"],
+        stall=ns.stall or base["stall"],
+        stall_after=base["stall_after"],
         warmup=not ns.no_warmup,
     )
 
@@ -114,14 +147,14 @@ def _available(programs: tuple[str, ...]) -> list[str]:
 
 _SETUP = {
     "shipper": "shipper run -c CONF: one input (start_at: beginning), fresh registry, "
-               "metrics on a free port, log level warning, queue and kafka defaults",
+    "metrics on a free port, log level warning, queue and kafka defaults",
     "kcat": "kcat -P -b BOOTSTRAP -t TOPIC -X acks=0 -l FILE (librdkafka defaults otherwise)",
     "rsyslog": "rsyslogd -n: imfile (inotify, readMode 0, freshStartTail off, fresh work "
-               "dir) -> omkafka (template %msg%, request.required.acks=0, own ruleset); "
-               "main_queue dequeueBatchSize 4096, maxMessageSize 64k, the rest default",
+    "dir) -> omkafka (template %msg%, request.required.acks=0, own ruleset); "
+    "main_queue dequeueBatchSize 4096, maxMessageSize 64k, the rest default",
     "warmup": "one unmeasured kcat pass over the file before rep 1 (broker JIT warm-up)",
     "timing": "wall = program start -> first end-offset poll with sum == N (kcat: and exited); "
-              "CPU/RSS from /proc just before SIGTERM (kcat: wait4 rusage)",
+    "CPU/RSS from /proc just before SIGTERM (kcat: wait4 rusage)",
 }
 
 
@@ -132,11 +165,21 @@ def _throughput(broker: Broker, opts: Options) -> dict[str, Any]:
     summary = summarize(runs, programs)
     rat = ratios(summary)
     print("\n" + format_table(summary, rat) + "\n", flush=True)
-    return {"date": now(), "lines": opts.lines, "reps": opts.reps,
-            "partitions": opts.partitions, "poll_s": opts.poll, "timeout_s": opts.timeout,
-            "warmup": opts.warmup,
-            "generator_version": GEN_VERSION, "file": stats, "setup": _SETUP,
-            "summary": summary, "ratios": rat, "runs": runs}
+    return {
+        "date": now(),
+        "lines": opts.lines,
+        "reps": opts.reps,
+        "partitions": opts.partitions,
+        "poll_s": opts.poll,
+        "timeout_s": opts.timeout,
+        "warmup": opts.warmup,
+        "generator_version": GEN_VERSION,
+        "file": stats,
+        "setup": _SETUP,
+        "summary": summary,
+        "ratios": rat,
+        "runs": runs,
+    }
 
 
 def _replace_programs(opts: Options, programs: list[str]) -> Options:
@@ -144,16 +187,21 @@ def _replace_programs(opts: Options, programs: list[str]) -> Options:
 
 
 def _latency(broker: Broker, opts: Options) -> dict[str, Any]:
-    print(f"bench: latency: {opts.latency_rate:,.0f} lines/s for {opts.duration:.0f} s ...",
-          flush=True)
+    print(
+        f"bench: latency: {opts.latency_rate:,.0f} lines/s for {opts.duration:.0f} s ...",
+        flush=True,
+    )
     d = {"date": now(), **run_latency(broker, opts)}
     print(format_latency(d), flush=True)
     return d
 
 
 def _stall(broker: Broker, opts: Options) -> dict[str, Any]:
-    print(f"bench: stall: {opts.stall_rate:,.0f} lines/s, broker frozen {opts.stall:.0f} s "
-          f"after {opts.stall_before:.0f} s ...", flush=True)
+    print(
+        f"bench: stall: {opts.stall_rate:,.0f} lines/s, broker frozen {opts.stall:.0f} s "
+        f"after {opts.stall_before:.0f} s ...",
+        flush=True,
+    )
     d = {"date": now(), **run_stall(broker, opts)}
     print(format_stall(d), flush=True)
     return d
@@ -166,11 +214,13 @@ def _profile(broker: Broker, opts: Options) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     topic = "bench-profile"
     broker.create_topic(topic, opts.partitions)
-    spec = RunSpec(file, opts.lines, topic, opts.partitions, broker.bootstrap,
-                   opts.tmp / "profile")
+    spec = RunSpec(file, opts.lines, topic, opts.partitions, broker.bootstrap, opts.tmp / "profile")
     r = run_one("shipper", spec, broker, opts, profile_out=out)
-    print(f"bench: profiled run: {r.status}, {r.wall_s} s (slower than unprofiled); "
-          f"report in bench/results/profile.txt", flush=True)
+    print(
+        f"bench: profiled run: {r.status}, {r.wall_s} s (slower than unprofiled); "
+        f"report in bench/results/profile.txt",
+        flush=True,
+    )
     return 0 if r.status == "ok" else 1
 
 

@@ -21,8 +21,19 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support.readback import end_offsets  # noqa: E402
 
-WORDS = ["user=alice", "user=bob", "status=200", "status=404", "status=500", "path=/api/v1",
-         "path=/login", "latency_ms=12", "latency_ms=340", "region=eu-west", "caché=ok"]
+WORDS = [
+    "user=alice",
+    "user=bob",
+    "status=200",
+    "status=404",
+    "status=500",
+    "path=/api/v1",
+    "path=/login",
+    "latency_ms=12",
+    "latency_ms=340",
+    "region=eu-west",
+    "caché=ok",
+]
 
 
 def writer(log: Path, rate: int, stop: threading.Event, counter: list[int]) -> None:
@@ -64,8 +75,12 @@ def main() -> int:
         bootstrap = external
     else:
         print("== starting a local Kafka (first run resolves its jars with mvn) ...", flush=True)
-        out = subprocess.run([str(ROOT / "scripts" / "kafka-local"), "start"], check=True,
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [str(ROOT / "scripts" / "kafka-local"), "start"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         bootstrap = out.stdout.strip().splitlines()[-1]
     topic = f"demo-{int(time.time())}"
     conf = work / "shipper.yaml"
@@ -94,10 +109,15 @@ shutdown:
     stop = threading.Event()
     written = [0]
     (logs / "app.log").touch()
-    t = threading.Thread(target=writer, args=(logs / "app.log", args.rate, stop, written),
-                         daemon=True)
-    shipper = subprocess.Popen([sys.executable, "-m", "shipper", "run", "-c", str(conf)],
-                               stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    t = threading.Thread(
+        target=writer, args=(logs / "app.log", args.rate, stop, written), daemon=True
+    )
+    shipper = subprocess.Popen(
+        [sys.executable, "-m", "shipper", "run", "-c", str(conf)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     t.start()
     final: dict[str, object] = {}
     got_sigint = threading.Event()
@@ -130,8 +150,9 @@ shutdown:
     print(f"   records in topic {topic}: {records}")
     print(f"   shipper final ledger: {final.get('line', '(no shutdown_complete line)')}")
     if not external:
-        subprocess.run([str(ROOT / "scripts" / "kafka-local"), "stop"], check=False,
-                       capture_output=True)
+        subprocess.run(
+            [str(ROOT / "scripts" / "kafka-local"), "stop"], check=False, capture_output=True
+        )
         print("== local Kafka stopped")
     return rc
 

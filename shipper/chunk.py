@@ -95,8 +95,22 @@ class Chunk:
             )
         head_offs, rest_offs = offs[:k], offs[k:]
         return (
-            Chunk(self.lines[:k], head_bytes, self.source, self.read_at,
-                  head_offs[0] if k else self.base, 0, head_offs),
-            Chunk(self.lines[k:], rest_bytes, self.source, self.read_at,
-                  rest_offs[0] if len(rest_offs) else self.base, 0, rest_offs),
+            Chunk(
+                self.lines[:k],
+                head_bytes,
+                self.source,
+                self.read_at,
+                head_offs[0] if k else self.base,
+                0,
+                head_offs,
+            ),
+            Chunk(
+                self.lines[k:],
+                rest_bytes,
+                self.source,
+                self.read_at,
+                rest_offs[0] if len(rest_offs) else self.base,
+                0,
+                rest_offs,
+            ),
         )

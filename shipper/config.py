@@ -40,10 +40,20 @@ __all__ = [
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?B?|B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {
-    "": 1, "b": 1,
-    "k": 1000, "kb": 1000, "kib": 1024, "ki": 1024,
-    "m": 1000**2, "mb": 1000**2, "mib": 1024**2, "mi": 1024**2,
-    "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "gi": 1024**3,
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "ki": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "mi": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "gi": 1024**3,
 }
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -296,7 +306,7 @@ def parse(text: str, env: Mapping[str, str] | None = None, source: str = "<confi
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
             elif msg.startswith("Value error, "):
-                msg = msg[len("Value error, "):]
+                msg = msg[len("Value error, ") :]
             problems.append(f"{_loc(err['loc'])}: {msg}")
         raise ConfigError(problems) from None
     return _derive(cfg)
@@ -308,8 +318,9 @@ def _derive(cfg: Config) -> Config:
     limit = cfg.kafka.batch_max_bytes - LINE_ROOM
     if all(i.max_line_bytes <= limit for i in cfg.inputs):
         return cfg
-    inputs = [i.model_copy(update={"max_line_bytes": min(i.max_line_bytes, limit)})
-              for i in cfg.inputs]
+    inputs = [
+        i.model_copy(update={"max_line_bytes": min(i.max_line_bytes, limit)}) for i in cfg.inputs
+    ]
     return cfg.model_copy(update={"inputs": inputs})
 
 

@@ -37,13 +37,18 @@ class Daemon:
         self.log = get_logger()
         self.ledger = Ledger()
         self.queue = DropQueue(cfg.queue, self.ledger)
-        self.registry = Registry(cfg.registry.path, cfg.registry.reserve,
-                                 cfg.registry.forget_after)
+        self.registry = Registry(cfg.registry.path, cfg.registry.reserve, cfg.registry.forget_after)
         self.sender = KafkaSender(cfg.kafka, self.queue, self.ledger, self.log)
-        self.tailer = Tailer(cfg.inputs, cfg.tail, registry=self.registry,
-                             offer=self.queue.offer, put=self.queue.put,
-                             wait_for_room=self.queue.wait_for_room,
-                             ledger=self.ledger, log=self.log)
+        self.tailer = Tailer(
+            cfg.inputs,
+            cfg.tail,
+            registry=self.registry,
+            offer=self.queue.offer,
+            put=self.queue.put,
+            wait_for_room=self.queue.wait_for_room,
+            ledger=self.ledger,
+            log=self.log,
+        )
         self.metrics: MetricsServer | None = None
         self._stop = threading.Event()
         self._signals = 0
@@ -88,8 +93,11 @@ class Daemon:
         self.state = "running"
         notify("READY=1")
         self.log.info(
-            "shipper_started", version=__version__, pid=os.getpid(),
-            topic=cfg.kafka.topic, bootstrap=cfg.kafka.bootstrap_servers,
+            "shipper_started",
+            version=__version__,
+            pid=os.getpid(),
+            topic=cfg.kafka.topic,
+            bootstrap=cfg.kafka.bootstrap_servers,
             inputs=[i.paths for i in cfg.inputs],
             metrics=self.metrics.address if self.metrics else None,
         )
@@ -107,8 +115,11 @@ class Daemon:
         notify("STOPPING=1")
         started = time.monotonic()
         deadline = started + self.cfg.shutdown.drain_timeout
-        self.log.info("shutdown_started", drain_timeout=self.cfg.shutdown.drain_timeout,
-                      queued=self.ledger.snapshot().queued_lines)
+        self.log.info(
+            "shutdown_started",
+            drain_timeout=self.cfg.shutdown.drain_timeout,
+            queued=self.ledger.snapshot().queued_lines,
+        )
         self.tailer.stop()
         self.sender.stop(deadline)
         # Whatever is still queued, or held by a sender that gave up, is dropped now.
@@ -118,6 +129,7 @@ class Daemon:
         if self.metrics is not None:
             self.metrics.stop()
         snap = self.ledger.snapshot()
-        self.log.info("shutdown_complete", seconds=round(time.monotonic() - started, 3),
-                      **snap.as_log())
+        self.log.info(
+            "shutdown_complete", seconds=round(time.monotonic() - started, 3), **snap.as_log()
+        )
         return 0

@@ -27,42 +27,57 @@ class _LedgerCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         s = self._ledger.snapshot()
-        yield CounterMetricFamily("shipper_lines_read", "Lines read from files.",
-                                  value=s.read_lines)
-        yield CounterMetricFamily("shipper_bytes_read", "Line payload bytes read from files.",
-                                  value=s.read_bytes)
-        yield CounterMetricFamily("shipper_lines_sent", "Lines handed to a Kafka connection.",
-                                  value=s.sent_lines)
-        yield CounterMetricFamily("shipper_bytes_sent", "Line payload bytes handed to Kafka.",
-                                  value=s.sent_bytes)
-        dl = CounterMetricFamily("shipper_lines_dropped", "Lines dropped, by reason.",
-                                 labels=["reason"])
-        db = CounterMetricFamily("shipper_bytes_dropped", "Payload bytes dropped, by reason.",
-                                 labels=["reason"])
+        yield CounterMetricFamily(
+            "shipper_lines_read", "Lines read from files.", value=s.read_lines
+        )
+        yield CounterMetricFamily(
+            "shipper_bytes_read", "Line payload bytes read from files.", value=s.read_bytes
+        )
+        yield CounterMetricFamily(
+            "shipper_lines_sent", "Lines handed to a Kafka connection.", value=s.sent_lines
+        )
+        yield CounterMetricFamily(
+            "shipper_bytes_sent", "Line payload bytes handed to Kafka.", value=s.sent_bytes
+        )
+        dl = CounterMetricFamily(
+            "shipper_lines_dropped", "Lines dropped, by reason.", labels=["reason"]
+        )
+        db = CounterMetricFamily(
+            "shipper_bytes_dropped", "Payload bytes dropped, by reason.", labels=["reason"]
+        )
         for reason, n in sorted(s.dropped_lines.items()):
             dl.add_metric([reason], n)
             db.add_metric([reason], s.dropped_bytes.get(reason, 0))
         yield dl
         yield db
         lost = CounterMetricFamily(
-            "shipper_bytes_lost", "File bytes never read as lines, by reason.", labels=["reason"])
+            "shipper_bytes_lost", "File bytes never read as lines, by reason.", labels=["reason"]
+        )
         for reason in ("truncated_unread", "lost_on_crash"):
             lost.add_metric([reason], s.bytes_lost.get(reason, 0))
         yield lost
-        ev = CounterMetricFamily("shipper_events", "Tail and sender events, by name.",
-                                 labels=["event"])
+        ev = CounterMetricFamily(
+            "shipper_events", "Tail and sender events, by name.", labels=["event"]
+        )
         for name, n in sorted(s.events.items()):
             ev.add_metric([name], n)
         yield ev
-        yield GaugeMetricFamily("shipper_queue_lines", "Lines queued or held by the sender.",
-                                value=s.queued_lines)
-        yield GaugeMetricFamily("shipper_queue_bytes", "Bytes queued or held by the sender.",
-                                value=s.queued_bytes)
-        yield GaugeMetricFamily("shipper_files_watched", "Files open for reading.",
-                                value=s.gauges.get("files_watched", 0))
-        behind = GaugeMetricFamily("shipper_bytes_behind",
-                                   "Bytes written to files but not read yet, per input.",
-                                   labels=["input"])
+        yield GaugeMetricFamily(
+            "shipper_queue_lines", "Lines queued or held by the sender.", value=s.queued_lines
+        )
+        yield GaugeMetricFamily(
+            "shipper_queue_bytes", "Bytes queued or held by the sender.", value=s.queued_bytes
+        )
+        yield GaugeMetricFamily(
+            "shipper_files_watched",
+            "Files open for reading.",
+            value=s.gauges.get("files_watched", 0),
+        )
+        behind = GaugeMetricFamily(
+            "shipper_bytes_behind",
+            "Bytes written to files but not read yet, per input.",
+            labels=["input"],
+        )
         other = GaugeMetricFamily("shipper_gauge", "Other gauges, by name.", labels=["name"])
         for name, v in sorted(s.gauges.items()):
             if name.startswith("bytes_behind:"):
@@ -71,16 +86,19 @@ class _LedgerCollector(Collector):
                 other.add_metric([name], v)
         yield behind
         yield other
-        yield GaugeMetricFamily("shipper_ledger_balanced",
-                                "1 when read == sent + dropped + queued.",
-                                value=1 if s.balanced else 0)
+        yield GaugeMetricFamily(
+            "shipper_ledger_balanced",
+            "1 when read == sent + dropped + queued.",
+            value=1 if s.balanced else 0,
+        )
 
 
 class MetricsServer:
     """A small threaded HTTP server for /metrics and /health."""
 
-    def __init__(self, listen: str, ledger: Ledger,
-                 health: Callable[[], tuple[int, dict[str, Any]]]) -> None:
+    def __init__(
+        self, listen: str, ledger: Ledger, health: Callable[[], tuple[int, dict[str, Any]]]
+    ) -> None:
         host, _, port = listen.rpartition(":")
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(_LedgerCollector(ledger))
@@ -109,8 +127,9 @@ class MetricsServer:
 
         self._server = ThreadingHTTPServer((host.strip("[]") or "0.0.0.0", int(port)), Handler)  # noqa: S104
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        name="shipper-metrics", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="shipper-metrics", daemon=True
+        )
 
     @property
     def address(self) -> str:

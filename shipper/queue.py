@@ -236,8 +236,11 @@ class DropQueue:
         with self._lock:
             if not self._lines and not self._woken:
                 self._nonempty.wait(timeout)
-            if self._lines and linger > 0 and not self._woken and (
-                self._lines < max_lines and self._bytes < max_bytes
+            if (
+                self._lines
+                and linger > 0
+                and not self._woken
+                and (self._lines < max_lines and self._bytes < max_bytes)
             ):
                 deadline = time.monotonic() + linger
                 while not self._woken and self._lines < max_lines and self._bytes < max_bytes:

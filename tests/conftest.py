@@ -46,13 +46,19 @@ class Broker:
 
     def start(self) -> None:
         """Start (or restart) the broker and wait until it answers."""
-        subprocess.run([str(KAFKA_LOCAL), "start"], env=self._env(), check=True,
-                       capture_output=True, timeout=180)
+        subprocess.run(
+            [str(KAFKA_LOCAL), "start"],
+            env=self._env(),
+            check=True,
+            capture_output=True,
+            timeout=180,
+        )
 
     def stop(self) -> None:
         """Stop the broker (its data is kept)."""
-        subprocess.run([str(KAFKA_LOCAL), "stop"], env=self._env(), check=True,
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            [str(KAFKA_LOCAL), "stop"], env=self._env(), check=True, capture_output=True, timeout=60
+        )
 
 
 @pytest.fixture(name="kafka", scope="session")
@@ -69,8 +75,13 @@ def fixture_kafka() -> Iterator[Broker]:
         broker.start()
         yield broker
     finally:
-        subprocess.run([str(KAFKA_LOCAL), "stop", "--purge"], env=broker._env(),
-                       capture_output=True, timeout=60, check=False)
+        subprocess.run(
+            [str(KAFKA_LOCAL), "stop", "--purge"],
+            env=broker._env(),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -85,6 +96,5 @@ def _no_thread_leaks() -> Iterator[None]:
     """Fail a test that leaves new non-daemon threads running (as watchdog's suite does)."""
     before = set(threading.enumerate())
     yield
-    leaked = [t for t in threading.enumerate()
-              if t not in before and t.is_alive() and not t.daemon]
+    leaked = [t for t in threading.enumerate() if t not in before and t.is_alive() and not t.daemon]
     assert not leaked, f"threads leaked: {leaked}"

@@ -23,25 +23,35 @@ BROKEN = {
     "unknown_key": (GOOD + "colour: blue\n", "colour: unknown key"),
     "wrong_type": (GOOD.replace("topic: logs", "topic: [1, 2]"), "kafka.topic:"),
     "bad_size": (GOOD + "queue:\n  max_bytes: 12 parsecs\n", "queue.max_bytes: invalid size"),
-    "bad_duration": (GOOD + "shutdown:\n  drain_timeout: soon\n",
-                     "shutdown.drain_timeout: invalid duration"),
-    "missing_env": (GOOD.replace("topic: logs", "topic: ${SHIPPER_TEST_UNSET_VAR}"),
-                    "kafka.topic: environment variable SHIPPER_TEST_UNSET_VAR is not set"),
+    "bad_duration": (
+        GOOD + "shutdown:\n  drain_timeout: soon\n",
+        "shutdown.drain_timeout: invalid duration",
+    ),
+    "missing_env": (
+        GOOD.replace("topic: logs", "topic: ${SHIPPER_TEST_UNSET_VAR}"),
+        "kafka.topic: environment variable SHIPPER_TEST_UNSET_VAR is not set",
+    ),
     "empty_paths": (GOOD.replace('["/var/log/app/*.log"]', "[]"), "inputs.0.paths:"),
     "missing_kafka": ("inputs:\n  - paths: [/x/*.log]\n", "kafka: Field required"),
     "bad_policy": (GOOD + "queue:\n  when_full: block\n", "queue.when_full:"),
-    "relative_path": (GOOD.replace('"/var/log/app/*.log"', '"logs/*.log"'),
-                      "must be absolute"),
-    "bad_server": (GOOD.replace('"127.0.0.1:9092"', '"no-port"'),
-                   "kafka.bootstrap_servers: 'no-port' is not host:port"),
+    "relative_path": (GOOD.replace('"/var/log/app/*.log"', '"logs/*.log"'), "must be absolute"),
+    "bad_server": (
+        GOOD.replace('"127.0.0.1:9092"', '"no-port"'),
+        "kafka.bootstrap_servers: 'no-port' is not host:port",
+    ),
     "empty_file": ("", "the file is empty"),
     "not_a_mapping": ("- a\n- b\n", "expected a mapping"),
 }
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shipper", *args], capture_output=True,
-                          text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "shipper", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_version() -> None:

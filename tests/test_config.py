@@ -16,18 +16,34 @@ kafka:
 """
 
 
-@pytest.mark.parametrize(("text", "expect"), [
-    ("64MiB", 64 * 1024**2), ("512KiB", 512 * 1024), ("1GiB", 1024**3), ("10MB", 10**7),
-    ("100", 100), (4096, 4096), ("1.5KiB", 1536),
-])
+@pytest.mark.parametrize(
+    ("text", "expect"),
+    [
+        ("64MiB", 64 * 1024**2),
+        ("512KiB", 512 * 1024),
+        ("1GiB", 1024**3),
+        ("10MB", 10**7),
+        ("100", 100),
+        (4096, 4096),
+        ("1.5KiB", 1536),
+    ],
+)
 def test_sizes(text: object, expect: int) -> None:
     """Sizes accept plain numbers and KiB/MiB/GiB (and decimal) units."""
     assert parse_size(text) == expect
 
 
-@pytest.mark.parametrize(("text", "expect"), [
-    ("250ms", 0.25), ("5s", 5.0), ("2m", 120.0), ("1h", 3600.0), (3, 3.0), ("1.5s", 1.5),
-])
+@pytest.mark.parametrize(
+    ("text", "expect"),
+    [
+        ("250ms", 0.25),
+        ("5s", 5.0),
+        ("2m", 120.0),
+        ("1h", 3600.0),
+        (3, 3.0),
+        ("1.5s", 1.5),
+    ],
+)
 def test_durations(text: object, expect: float) -> None:
     """Durations accept plain seconds and ms/s/m/h."""
     assert parse_duration(text) == expect
@@ -44,7 +60,8 @@ def test_minimal_config_gets_defaults() -> None:
 def test_env_interpolation_with_default() -> None:
     """${VAR} and ${VAR:-default} come from the environment."""
     text = MINIMAL.replace('"127.0.0.1:9092"', '"${BROKER}"').replace(
-        "topic: logs", "topic: ${TOPIC:-fallback}")
+        "topic: logs", "topic: ${TOPIC:-fallback}"
+    )
     cfg = parse(text, env={"BROKER": "kafka:9093"})
     assert cfg.kafka.bootstrap_servers == ["kafka:9093"]
     assert cfg.kafka.topic == "fallback"

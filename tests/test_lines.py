@@ -9,8 +9,7 @@ from shipper.chunk import Chunk, Source
 from shipper.tail.lines import LineSplitter
 
 
-def feed_all(sp: LineSplitter, pieces: list[bytes], starts: list[int] | None = None
-             ) -> list[bytes]:
+def feed_all(sp: LineSplitter, pieces: list[bytes], starts: list[int] | None = None) -> list[bytes]:
     """Feed ``pieces`` read one after the other from offset 0; collect the lines (and, into
     ``starts``, where each line starts in the file)."""
     out: list[bytes] = []
@@ -21,8 +20,7 @@ def feed_all(sp: LineSplitter, pieces: list[bytes], starts: list[int] | None = N
         assert cut.nbytes == sum(map(len, cut.lines))
         out += cut.lines
         if starts is not None:
-            ch = Chunk(cut.lines, cut.nbytes, Source("f", 0), 0.0, cut.base, cut.eol,
-                       cut.offsets)
+            ch = Chunk(cut.lines, cut.nbytes, Source("f", 0), 0.0, cut.base, cut.eol, cut.offsets)
             starts += ch.starts()
     return out
 
@@ -112,12 +110,16 @@ def test_chunking_does_not_matter(data: bytes, cuts: list[int]) -> None:
     limit=st.integers(4, 60),
     policy=st.sampled_from(["truncate", "drop"]),
 )
-def test_offsets_point_at_each_line(lines: list[bytes], crlf: list[bool], cuts: list[int],
-                                    limit: int, policy: str) -> None:
+def test_offsets_point_at_each_line(
+    lines: list[bytes], crlf: list[bool], cuts: list[int], limit: int, policy: str
+) -> None:
     """Whatever the line ends, read sizes and long-line policy, each line's offset is where
     that line starts in the file."""
-    ends = [b"\r\n" if crlf[i % len(crlf)] else b"\n" for i in range(len(lines))] if crlf else [
-        b"\n"] * len(lines)
+    ends = (
+        [b"\r\n" if crlf[i % len(crlf)] else b"\n" for i in range(len(lines))]
+        if crlf
+        else [b"\n"] * len(lines)
+    )
     data = b"".join(ln + e for ln, e in zip(lines, ends, strict=True))
     pieces, prev = [], 0
     for c in sorted({min(c, len(data)) for c in cuts}):

@@ -18,11 +18,16 @@ from tests.support.wait import wait_until
 SOURCE = Source("/var/log/app.log", 0)
 
 
-def make(max_lines: int = 10, max_bytes: int = 1024, when_full: str = "drop_newest",
-         stall_timeout: float = 5.0) -> tuple[DropQueue, Ledger]:
+def make(
+    max_lines: int = 10,
+    max_bytes: int = 1024,
+    when_full: str = "drop_newest",
+    stall_timeout: float = 5.0,
+) -> tuple[DropQueue, Ledger]:
     ledger = Ledger()
-    cfg = QueueConfig(max_lines=max_lines, max_bytes=max_bytes, when_full=when_full,
-                      stall_timeout=stall_timeout)
+    cfg = QueueConfig(
+        max_lines=max_lines, max_bytes=max_bytes, when_full=when_full, stall_timeout=stall_timeout
+    )
     return DropQueue(cfg, ledger), ledger
 
 
@@ -34,8 +39,9 @@ def put(q: DropQueue, lines: list[bytes]) -> None:
     q.put(chunk(lines))
 
 
-def take(q: DropQueue, max_lines: int, max_bytes: int, timeout: float = 0.0
-         ) -> tuple[list[bytes], int]:
+def take(
+    q: DropQueue, max_lines: int, max_bytes: int, timeout: float = 0.0
+) -> tuple[list[bytes], int]:
     """The lines and payload bytes of one take(), flattened."""
     got = q.take(max_lines, max_bytes, timeout)
     return [ln for c in got for ln in c.lines], sum(c.nbytes for c in got)
@@ -127,8 +133,12 @@ ops = st.lists(
 
 
 @settings(max_examples=300, deadline=None)
-@given(ops=ops, policy=st.sampled_from(["drop_newest", "drop_oldest"]),
-       max_lines=st.integers(1, 50), max_bytes=st.integers(1024, 2048))
+@given(
+    ops=ops,
+    policy=st.sampled_from(["drop_newest", "drop_oldest"]),
+    max_lines=st.integers(1, 50),
+    max_bytes=st.integers(1024, 2048),
+)
 def test_ledger_balances_and_order_is_kept(
     ops: list[tuple[object, ...]], policy: str, max_lines: int, max_bytes: int
 ) -> None:
@@ -164,8 +174,11 @@ def test_single_chunk_bigger_than_queue(policy: str) -> None:
     assert s.queued_lines == 5
     assert s.dropped_lines["queue_full"] == 7
     first = take(q, 100, 1000)[0]
-    assert first == ([b"%d" % i for i in range(5)] if policy == "drop_newest"
-                     else [b"%d" % i for i in range(7, 12)])
+    assert first == (
+        [b"%d" % i for i in range(5)]
+        if policy == "drop_newest"
+        else [b"%d" % i for i in range(7, 12)]
+    )
 
 
 def test_offer_takes_what_fits_and_returns_the_rest() -> None:

@@ -42,8 +42,9 @@ class TailerMachine(RuleBasedStateMachine):
 
     # -- helpers ------------------------------------------------------------------------
     def _append(self, path: Path, n: int, width: int) -> None:
-        lines = [b"%08d %s" % (i, b"y" * (i * 7 % (width + 1)))
-                 for i in range(self.seq, self.seq + n)]
+        lines = [
+            b"%08d %s" % (i, b"y" * (i * 7 % (width + 1))) for i in range(self.seq, self.seq + n)
+        ]
         self.seq += n
         with path.open("ab") as f:
             f.write(b"".join(ln + b"\n" for ln in lines))
@@ -58,6 +59,7 @@ class TailerMachine(RuleBasedStateMachine):
 
     def _wait_adopted(self) -> None:
         """Wait until the (re)started tailer has opened every file that has bytes."""
+
         def adopted() -> bool:
             t = self.h.tailer
             assert t is not None
@@ -70,6 +72,7 @@ class TailerMachine(RuleBasedStateMachine):
                 if st_.st_size:
                     want.add(f"{st_.st_dev}:{st_.st_ino}")
             return want <= set(t.open_files())
+
         self.h.wait(adopted)
 
     # -- rules --------------------------------------------------------------------------
@@ -141,6 +144,8 @@ class TailerMachine(RuleBasedStateMachine):
 
 TestTailerStateful = TailerMachine.TestCase
 TestTailerStateful.settings = settings(
-    max_examples=25, stateful_step_count=15, deadline=None,
+    max_examples=25,
+    stateful_step_count=15,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )

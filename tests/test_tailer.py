@@ -61,13 +61,20 @@ class Harness:
         self.tailer: Tailer | None = None
 
     def start(self, **tail_kw: Any) -> Harness:
-        cfg = TailConfig(**{"poll_interval": 0.05, "rescan_interval": 0.3, "rotate_wait": 0.5,
-                            **tail_kw})
+        cfg = TailConfig(
+            **{"poll_interval": 0.05, "rescan_interval": 0.3, "rotate_wait": 0.5, **tail_kw}
+        )
         self.registry = Registry(str(self.state / "registry.json"), 4096, 3600)
-        self.tailer = Tailer([InputConfig(**self.input_kw)], cfg, registry=self.registry,
-                             offer=self.sink.offer, put=self.sink.put,
-                             wait_for_room=self.sink.wait_for_room, ledger=self.ledger,
-                             log=get_logger())
+        self.tailer = Tailer(
+            [InputConfig(**self.input_kw)],
+            cfg,
+            registry=self.registry,
+            offer=self.sink.offer,
+            put=self.sink.put,
+            wait_for_room=self.sink.wait_for_room,
+            ledger=self.ledger,
+            log=get_logger(),
+        )
         self.tailer.start()
         return self
 
@@ -83,9 +90,14 @@ class Harness:
         self.tailer = None
 
     def wait(self, pred: Callable[[], bool], timeout: float = 10.0) -> None:
-        wait_until(pred, timeout, "the tailer",
-                   detail=lambda: f"got {len(self.sink.lines)} lines, "
-                                  f"events={self.ledger.snapshot().events}")
+        wait_until(
+            pred,
+            timeout,
+            "the tailer",
+            detail=lambda: (
+                f"got {len(self.sink.lines)} lines, events={self.ledger.snapshot().events}"
+            ),
+        )
 
     def settle(self) -> None:
         """Wait until the tailer has looked at every file a few more times (so anything it
@@ -178,8 +190,13 @@ def test_copytruncate_reads_the_copy_from_where_it_stopped(h: Harness) -> None:
     h.wait(lambda: len(h.sink.lines) >= 200)
     h.sink.gate.clear()  # the queue is full: what is read next is held, not handed on
     write(log, *[f"held {i:04d}" for i in range(30)])
-    h.wait(lambda: h.ledger.snapshot().events.get("files_opened") == 1 and h.tailer is not None
-           and h.tailer.polls > 0)
+    h.wait(
+        lambda: (
+            h.ledger.snapshot().events.get("files_opened") == 1
+            and h.tailer is not None
+            and h.tailer.polls > 0
+        )
+    )
     shutil.copyfile(log, h.root / "app.log.1")
     with log.open("r+b") as f:
         f.truncate(0)
@@ -346,8 +363,14 @@ def test_multiline_joins_stack_traces(harness: MakeHarness) -> None:
     h = harness(multiline={"start_pattern": r"^\d{4}-", "timeout": 0.2})
     root = h.root
     h.start()
-    write(root / "app.log", "2026-01-01 boom", "Traceback (most recent call last):",
-          "  File \"x.py\", line 1", "ValueError: no", "2026-01-01 next")
+    write(
+        root / "app.log",
+        "2026-01-01 boom",
+        "Traceback (most recent call last):",
+        '  File "x.py", line 1',
+        "ValueError: no",
+        "2026-01-01 next",
+    )
     assert h.wait_lines(2) == [
         b'2026-01-01 boom\nTraceback (most recent call last):\n  File "x.py", line 1\n'
         b"ValueError: no",
@@ -376,8 +399,12 @@ def test_close_inactive_then_reopen_on_change(harness: MakeHarness) -> None:
     write(log, "one")
     h.start()
     # The gauge is set at the end of the round that counts the close: wait for both.
-    h.wait(lambda: h.ledger.snapshot().events.get("files_closed_inactive", 0) >= 1
-           and h.ledger.snapshot().gauges.get("files_watched") == 0)
+    h.wait(
+        lambda: (
+            h.ledger.snapshot().events.get("files_closed_inactive", 0) >= 1
+            and h.ledger.snapshot().gauges.get("files_watched") == 0
+        )
+    )
     write(log, "two")
     assert h.wait_lines(2) == [b"one", b"two"]
     assert h.ledger.snapshot().events.get("files_opened", 0) >= 2
@@ -419,10 +446,16 @@ def test_backlog_through_a_tiny_queue_drops_nothing(tmp_path: Path) -> None:
     t = threading.Thread(target=consume)
     t.start()
     registry = Registry(str(tmp_path / "registry.json"), 4096, 3600)
-    tailer = Tailer([InputConfig(paths=[str(root / "*.log")], start_at="beginning")],
-                    TailConfig(poll_interval=0.05), registry=registry, offer=queue.offer,
-                    put=queue.put, wait_for_room=queue.wait_for_room, ledger=ledger,
-                    log=get_logger())
+    tailer = Tailer(
+        [InputConfig(paths=[str(root / "*.log")], start_at="beginning")],
+        TailConfig(poll_interval=0.05),
+        registry=registry,
+        offer=queue.offer,
+        put=queue.put,
+        wait_for_room=queue.wait_for_room,
+        ledger=ledger,
+        log=get_logger(),
+    )
     tailer.start()
     try:
         wait_until(lambda: len(got) >= 20_000, 30, "20,000 lines")

@@ -32,15 +32,20 @@ class Broker:
     @property
     def admin(self) -> KafkaAdminClient:
         if self._admin is None:
-            self._admin = KafkaAdminClient(bootstrap_servers=self.bootstrap,
-                                           request_timeout_ms=30_000)
+            self._admin = KafkaAdminClient(
+                bootstrap_servers=self.bootstrap, request_timeout_ms=30_000
+            )
         return self._admin
 
     @property
     def consumer(self) -> KafkaConsumer:
         if self._consumer is None:
-            self._consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
-                                           enable_auto_commit=False, request_timeout_ms=30_000)
+            self._consumer = KafkaConsumer(
+                bootstrap_servers=self.bootstrap,
+                group_id=None,
+                enable_auto_commit=False,
+                request_timeout_ms=30_000,
+            )
         return self._consumer
 
     def pid(self) -> int | None:
@@ -51,11 +56,17 @@ class Broker:
             return int(self.pid_file.read_text().strip())
         return None
 
-    def create_topic(self, name: str, partitions: int, configs: dict[str, str] | None = None,
-                     timeout: float = 30.0) -> None:
+    def create_topic(
+        self,
+        name: str,
+        partitions: int,
+        configs: dict[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> None:
         """Create a topic and wait until every partition answers ListOffsets."""
-        topic = NewTopic(name, num_partitions=partitions, replication_factor=1,
-                         topic_configs=configs or {})
+        topic = NewTopic(
+            name, num_partitions=partitions, replication_factor=1, topic_configs=configs or {}
+        )
         self.admin.create_topics([topic])
         deadline = time.monotonic() + timeout
         while self.end_total(name, partitions) is None:
@@ -93,8 +104,13 @@ def kafka_version(repo: Path) -> str:
 def _kafka_local(repo: Path, home: Path, port: int, *args: str) -> str:
     env = {**os.environ, "KAFKA_HOME_DIR": str(home), "KAFKA_PORT": str(port)}
     env.pop("KAFKA_CONTROLLER_PORT", None)
-    out = subprocess.run([str(repo / "scripts" / "kafka-local"), *args], env=env, check=True,
-                         stdout=subprocess.PIPE, text=True)
+    out = subprocess.run(
+        [str(repo / "scripts" / "kafka-local"), *args],
+        env=env,
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     lines = out.stdout.strip().splitlines()
     return lines[-1] if lines else ""
 

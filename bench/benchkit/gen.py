@@ -20,22 +20,85 @@ _BASE_US = int(datetime(2024, 5, 1, tzinfo=UTC).timestamp()) * 1_000_000
 _STEP_US = 137  # about 7,300 lines per second of log time
 
 _LEVELS = ["INFO"] * 12 + ["DEBUG"] * 4 + ["WARN"] * 2 + ["ERROR"]
-_SERVICES = ["api-gateway", "auth", "billing", "search", "cart", "payments", "inventory",
-             "notifier", "scheduler", "ingest"]
+_SERVICES = [
+    "api-gateway",
+    "auth",
+    "billing",
+    "search",
+    "cart",
+    "payments",
+    "inventory",
+    "notifier",
+    "scheduler",
+    "ingest",
+]
 _METHODS = ["GET"] * 6 + ["POST"] * 2 + ["PUT", "DELETE"]
-_ROUTES = ["/api/v1/users/{}", "/api/v1/orders/{}", "/api/v2/search", "/healthz",
-           "/api/v1/carts/{}/items", "/static/app.{}.js", "/api/v1/payments/{}/capture"]
-_USERS = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy",
-          "mallory", "trent", "peggy", "victor", "walter", "anon", "José", "Zoë"]
-_PLACES = ["berlin", "paris", "nyc", "sfo", "lon", "fra", "sin", "syd", "ams", "dub", "iad",
-           "Zürich", "東京"]
-_EVENTS = ["request completed", "cache miss", "token refreshed", "retrying upstream call",
-           "slow query", "connection reset by peer", "job finished", "rate limit applied",
-           "user logged in", "order placed", "payment authorized", "config reloaded"]
-_FRAMES = ["com.example.billing.InvoiceService.render", "com.example.db.Pool.acquire",
-           "io.netty.channel.AbstractChannelHandlerContext.invokeChannelRead",
-           "org.springframework.web.servlet.FrameworkServlet.service",
-           "java.util.concurrent.ThreadPoolExecutor.runWorker", "java.lang.Thread.run"]
+_ROUTES = [
+    "/api/v1/users/{}",
+    "/api/v1/orders/{}",
+    "/api/v2/search",
+    "/healthz",
+    "/api/v1/carts/{}/items",
+    "/static/app.{}.js",
+    "/api/v1/payments/{}/capture",
+]
+_USERS = [
+    "alice",
+    "bob",
+    "carol",
+    "dave",
+    "erin",
+    "frank",
+    "grace",
+    "heidi",
+    "ivan",
+    "judy",
+    "mallory",
+    "trent",
+    "peggy",
+    "victor",
+    "walter",
+    "anon",
+    "José",
+    "Zoë",
+]
+_PLACES = [
+    "berlin",
+    "paris",
+    "nyc",
+    "sfo",
+    "lon",
+    "fra",
+    "sin",
+    "syd",
+    "ams",
+    "dub",
+    "iad",
+    "Zürich",
+    "東京",
+]
+_EVENTS = [
+    "request completed",
+    "cache miss",
+    "token refreshed",
+    "retrying upstream call",
+    "slow query",
+    "connection reset by peer",
+    "job finished",
+    "rate limit applied",
+    "user logged in",
+    "order placed",
+    "payment authorized",
+    "config reloaded",
+]
+_FRAMES = [
+    "com.example.billing.InvoiceService.render",
+    "com.example.db.Pool.acquire",
+    "io.netty.channel.AbstractChannelHandlerContext.invokeChannelRead",
+    "org.springframework.web.servlet.FrameworkServlet.service",
+    "java.util.concurrent.ThreadPoolExecutor.runWorker",
+    "java.lang.Thread.run",
+]
 
 
 def _ip(rng: random.Random) -> str:
@@ -64,8 +127,10 @@ def _short_body(rng: random.Random) -> str:
 def _long_body(rng: random.Random) -> str:
     """An exception flattened onto one line, 1.1 to 2.6 KB."""
     target = rng.randrange(1100, 2600)
-    out = [f"ERROR {rng.choice(_SERVICES)}[{rng.randrange(1000, 65000)}]: unhandled exception "
-           f"error=\"java.lang.IllegalStateException: pool exhausted\" user={rng.choice(_USERS)}"]
+    out = [
+        f"ERROR {rng.choice(_SERVICES)}[{rng.randrange(1000, 65000)}]: unhandled exception "
+        f'error="java.lang.IllegalStateException: pool exhausted" user={rng.choice(_USERS)}'
+    ]
     size = len(out[0])
     while size < target:
         frame = f" | at {rng.choice(_FRAMES)}({rng.choice(_FRAMES).split('.')[-1]}.java:"
@@ -95,8 +160,10 @@ def _block(rng: random.Random, start: int, count: int) -> bytes:
     bodies = rng.choices(body_pool(), k=count)
     reqs = rng.choices(range(1 << 32), k=count)
     us = [_BASE_US + (start + j) * _STEP_US for j in range(count)]
-    lines = [f"{_second_prefix(t // 1_000_000)}{t % 1_000_000:06d}Z {b} req_id={r:08x}"
-             for t, b, r in zip(us, bodies, reqs, strict=True)]
+    lines = [
+        f"{_second_prefix(t // 1_000_000)}{t % 1_000_000:06d}Z {b} req_id={r:08x}"
+        for t, b, r in zip(us, bodies, reqs, strict=True)
+    ]
     lines.append("")
     return "\n".join(lines).encode()
 
@@ -131,5 +198,9 @@ def line_stats(path: Path) -> dict[str, float]:
             total += len(line) - 1
             long_ += len(line) > 1025
             non_ascii += not line.isascii()
-    return {"lines": n, "mean_bytes": total / max(n, 1), "over_1kib": long_ / max(n, 1),
-            "non_ascii": non_ascii / max(n, 1)}
+    return {
+        "lines": n,
+        "mean_bytes": total / max(n, 1),
+        "over_1kib": long_ / max(n, 1),
+        "non_ascii": non_ascii / max(n, 1),
+    }

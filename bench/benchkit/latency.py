@@ -28,8 +28,7 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[rank - 1]
 
 
-def wait_total(broker: Broker, topic: str, partitions: int, want: int, *,
-               timeout: float) -> int:
+def wait_total(broker: Broker, topic: str, partitions: int, want: int, *, timeout: float) -> int:
     """Poll end offsets until they reach want or timeout; return the last total."""
     deadline, total = time.monotonic() + timeout, 0
     while time.monotonic() < deadline:
@@ -44,17 +43,23 @@ def _stamp_ns(value: bytes) -> int | None:
     if not value.startswith(b"ts="):
         return None
     try:
-        return int(value[3:value.index(b" ")])
+        return int(value[3 : value.index(b" ")])
     except ValueError:
         return None
 
 
-def read_latencies(bootstrap: str, topic: str, partitions: int, expect: int,
-                   timeout: float = 60.0) -> tuple[list[float], int, int]:
+def read_latencies(
+    bootstrap: str, topic: str, partitions: int, expect: int, timeout: float = 60.0
+) -> tuple[list[float], int, int]:
     """Append time minus write time in ms per record, plus counts of records and bad records."""
-    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                      auto_offset_reset="earliest", fetch_max_bytes=64 << 20,
-                      max_partition_fetch_bytes=16 << 20)
+    c = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_bytes=64 << 20,
+        max_partition_fetch_bytes=16 << 20,
+    )
     lat: list[float] = []
     seen = bad = 0
     try:
@@ -78,9 +83,12 @@ def read_latencies(bootstrap: str, topic: str, partitions: int, expect: int,
 
 def _summary(lat: list[float]) -> dict[str, float]:
     lat.sort()
-    return {"p50_ms": round(percentile(lat, 50), 2), "p99_ms": round(percentile(lat, 99), 2),
-            "max_ms": round(lat[-1], 2) if lat else float("nan"),
-            "mean_ms": round(sum(lat) / len(lat), 2) if lat else float("nan")}
+    return {
+        "p50_ms": round(percentile(lat, 50), 2),
+        "p99_ms": round(percentile(lat, 99), 2),
+        "max_ms": round(lat[-1], 2) if lat else float("nan"),
+        "mean_ms": round(sum(lat) / len(lat), 2) if lat else float("nan"),
+    }
 
 
 def run_latency(broker: Broker, opts: Options) -> dict[str, Any]:
@@ -100,9 +108,15 @@ def run_latency(broker: Broker, opts: Options) -> dict[str, Any]:
         view = scrape(sh.metrics_url)
     lat, seen, bad = read_latencies(broker.bootstrap, topic, opts.partitions, delivered)
     broker.delete_topic(topic)
-    return {"rate": opts.latency_rate, "duration_s": opts.duration, "written": written,
-            "delivered": delivered, "read_back": seen, "unstamped_or_not_append_time": bad,
-            **_summary(lat),
-            "cpu_s": round(usage.cpu_s, 2) if usage else None,
-            "peak_rss_mib": round(usage.peak_rss_kib / 1024, 1) if usage else None,
-            "metrics": view.as_dict() if view else None}
+    return {
+        "rate": opts.latency_rate,
+        "duration_s": opts.duration,
+        "written": written,
+        "delivered": delivered,
+        "read_back": seen,
+        "unstamped_or_not_append_time": bad,
+        **_summary(lat),
+        "cpu_s": round(usage.cpu_s, 2) if usage else None,
+        "peak_rss_mib": round(usage.peak_rss_kib / 1024, 1) if usage else None,
+        "metrics": view.as_dict() if view else None,
+    }

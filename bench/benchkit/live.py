@@ -40,27 +40,27 @@ def _wait_healthy(sh: LiveShipper, timeout: float) -> None:
     while not healthy(sh.metrics_url):
         reap(sh.proc)
         if sh.proc.returncode is not None:
-            raise RuntimeError(f"shipper exited with code {sh.proc.returncode}:\n"
-                               f"{tail(sh.stderr)}")
+            raise RuntimeError(f"shipper exited with code {sh.proc.returncode}:\n{tail(sh.stderr)}")
         if time.monotonic() > deadline:
             raise TimeoutError(f"shipper not healthy after {timeout:.0f}s:\n{tail(sh.stderr)}")
         time.sleep(0.1)
 
 
 @contextlib.contextmanager
-def running_shipper(spec: RunSpec, queue: dict[str, Any] | None = None,
-                    timeout: float = 30.0) -> Iterator[LiveShipper]:
+def running_shipper(
+    spec: RunSpec, queue: dict[str, Any] | None = None, timeout: float = 30.0
+) -> Iterator[LiveShipper]:
     """Start the shipper on spec.file with metrics on a free port; stop it on exit."""
     spec.workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     conf = spec.workdir / "shipper.yaml"
-    conf.write_text(yaml.safe_dump(shipper_config(spec, port, queue), sort_keys=False),
-                    encoding="utf-8")
+    conf.write_text(
+        yaml.safe_dump(shipper_config(spec, port, queue), sort_keys=False), encoding="utf-8"
+    )
     argv, env = shipper_command(conf)
     err = spec.workdir / "shipper.stderr"
     with err.open("wb") as err_f, (spec.workdir / "shipper.stdout").open("wb") as out_f:
-        proc = subprocess.Popen(argv, stdout=out_f, stderr=err_f, env=env,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(argv, stdout=out_f, stderr=err_f, env=env, stdin=subprocess.DEVNULL)
         sh = LiveShipper(proc, f"http://127.0.0.1:{port}/metrics", err)
         try:
             _wait_healthy(sh, timeout)
@@ -70,13 +70,22 @@ def running_shipper(spec: RunSpec, queue: dict[str, Any] | None = None,
 
 
 @contextlib.contextmanager
-def start_writer(file: Path, rate: float, duration: float,
-                 stamp: bool = False) -> Iterator[subprocess.Popen[bytes]]:
+def start_writer(
+    file: Path, rate: float, duration: float, stamp: bool = False
+) -> Iterator[subprocess.Popen[bytes]]:
     """Run benchkit.writer appending rate lines/s to file for duration s; kill it on exit."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH_DIR), env.get("PYTHONPATH")]))
-    argv = [sys.executable, "-m", "benchkit.writer", str(file), "--rate", str(rate),
-            "--duration", str(duration)]
+    argv = [
+        sys.executable,
+        "-m",
+        "benchkit.writer",
+        str(file),
+        "--rate",
+        str(rate),
+        "--duration",
+        str(duration),
+    ]
     if stamp:
         argv.append("--stamp")
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env, stdin=subprocess.DEVNULL)

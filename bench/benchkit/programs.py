@@ -42,8 +42,9 @@ class Launch:
     notes: dict[str, Any] = field(default_factory=dict)
 
 
-def shipper_config(spec: RunSpec, metrics_port: int | None,
-                   queue: dict[str, Any] | None = None) -> dict[str, Any]:
+def shipper_config(
+    spec: RunSpec, metrics_port: int | None, queue: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The shipper's YAML config as a dict: one input read from the beginning."""
     metrics: dict[str, Any] = {"enabled": False}
     if metrics_port is not None:
@@ -60,14 +61,23 @@ def shipper_config(spec: RunSpec, metrics_port: int | None,
     return cfg
 
 
-def shipper_command(conf: Path,
-                    profile_out: Path | None = None) -> tuple[list[str], dict[str, str]]:
+def shipper_command(
+    conf: Path, profile_out: Path | None = None
+) -> tuple[list[str], dict[str, str]]:
     """argv and environment that run the shipper (optionally under the thread profiler)."""
     env = dict(os.environ)
     if profile_out is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH_DIR), env.get("PYTHONPATH")]))
-        return [sys.executable, "-m", "benchkit.profthreads", "-o", str(profile_out),
-                "run", "-c", str(conf)], env
+        return [
+            sys.executable,
+            "-m",
+            "benchkit.profthreads",
+            "-o",
+            str(profile_out),
+            "run",
+            "-c",
+            str(conf),
+        ], env
     script = Path(sys.executable).with_name("shipper")
     base = [str(script)] if script.exists() else [sys.executable, "-m", "shipper"]
     return [*base, "run", "-c", str(conf)], env
@@ -78,13 +88,24 @@ def _shipper(spec: RunSpec, profile_out: Path | None) -> Launch:
     conf = spec.workdir / "shipper.yaml"
     conf.write_text(yaml.safe_dump(shipper_config(spec, port), sort_keys=False), encoding="utf-8")
     argv, env = shipper_command(conf, profile_out)
-    return Launch(argv, exits_when_done=False, env=env,
-                  metrics_url=f"http://127.0.0.1:{port}/metrics")
+    return Launch(
+        argv, exits_when_done=False, env=env, metrics_url=f"http://127.0.0.1:{port}/metrics"
+    )
 
 
 def _kcat(spec: RunSpec, _profile: Path | None) -> Launch:
-    argv = ["kcat", "-P", "-b", spec.bootstrap, "-t", spec.topic, "-X", "acks=0",
-            "-l", str(spec.file)]
+    argv = [
+        "kcat",
+        "-P",
+        "-b",
+        spec.bootstrap,
+        "-t",
+        spec.topic,
+        "-X",
+        "acks=0",
+        "-l",
+        str(spec.file),
+    ]
     return Launch(argv, exits_when_done=True)
 
 
@@ -113,9 +134,16 @@ def _rsyslog(spec: RunSpec, _profile: Path | None) -> Launch:
     state.mkdir(parents=True)
     brokers = ", ".join(f'"{b}"' for b in spec.bootstrap.split(","))
     conf = spec.workdir / "rsyslog.conf"
-    conf.write_text(_RSYSLOG_CONF.format(state=state, brokers=brokers, topic=spec.topic,
-                                         auto="on" if spec.partitions > 1 else "off",
-                                         file=spec.file), encoding="utf-8")
+    conf.write_text(
+        _RSYSLOG_CONF.format(
+            state=state,
+            brokers=brokers,
+            topic=spec.topic,
+            auto="on" if spec.partitions > 1 else "off",
+            file=spec.file,
+        ),
+        encoding="utf-8",
+    )
     argv = ["rsyslogd", "-n", "-f", str(conf), "-i", str(spec.workdir / "rsyslogd.pid")]
     return Launch(argv, exits_when_done=False)
 

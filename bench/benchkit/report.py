@@ -15,11 +15,20 @@ from typing import Any
 
 from benchkit.broker import kafka_version
 
-__all__ = ["TARGETS", "format_latency", "format_stall", "format_table", "machine_info", "now",
-           "plot", "ratios", "summarize", "write_json"]
+__all__ = [
+    "TARGETS",
+    "format_latency",
+    "format_stall",
+    "format_table",
+    "machine_info",
+    "now",
+    "plot",
+    "ratios",
+    "summarize",
+    "write_json",
+]
 
-TARGETS = {"lines_per_s": 1_000_000, "cpu_s_per_mline": 1.0, "peak_rss_mib": 48.0,
-           "p99_ms": 20.0}
+TARGETS = {"lines_per_s": 1_000_000, "cpu_s_per_mline": 1.0, "peak_rss_mib": 48.0, "p99_ms": 20.0}
 
 
 def now() -> str:
@@ -65,11 +74,16 @@ def _version(dist: str) -> str | None:
 def machine_info(repo: Path, external_broker: bool) -> dict[str, Any]:
     """What the figures depend on: CPUs, memory, versions of everything involved."""
     return {
-        "nproc": os.cpu_count(), "cpu": _cpu_model(), "mem_gib": _mem_gib(),
-        "kernel": platform.release(), "python": platform.python_version(),
+        "nproc": os.cpu_count(),
+        "cpu": _cpu_model(),
+        "mem_gib": _mem_gib(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
         "kafka": "external (KAFKA_BOOTSTRAP)" if external_broker else kafka_version(repo),
-        "shipper": _version("shipper"), "kafka_python": _version("kafka-python"),
-        "kcat": _first_line(["kcat", "-V"]), "rsyslog": _first_line(["rsyslogd", "-v"]),
+        "shipper": _version("shipper"),
+        "kafka_python": _version("kafka-python"),
+        "kcat": _first_line(["kcat", "-V"]),
+        "rsyslog": _first_line(["rsyslogd", "-v"]),
     }
 
 
@@ -89,11 +103,14 @@ def summarize(runs: list[dict[str, Any]], programs: list[str]) -> dict[str, dict
         rss = [r["peak_rss_mib"] for r in ok if r["peak_rss_mib"] is not None]
         lps = _median([r["lines_per_s"] for r in ok])
         out[prog] = {
-            "runs": len(mine), "ok": len(ok),
+            "runs": len(mine),
+            "ok": len(ok),
             "lines_per_s": round(lps) if lps is not None else None,
-            "cpu_s_per_mline": _median([r["cpu_s_per_mline"] for r in ok
-                                        if r["cpu_s_per_mline"] is not None]),
-            "peak_rss_mib": _median(rss), "peak_rss_mib_max": max(rss) if rss else None,
+            "cpu_s_per_mline": _median(
+                [r["cpu_s_per_mline"] for r in ok if r["cpu_s_per_mline"] is not None]
+            ),
+            "peak_rss_mib": _median(rss),
+            "peak_rss_mib_max": max(rss) if rss else None,
             "failures": sorted({r["status"] for r in mine} - {"ok"}),
             "incomplete": incomplete and bool(ok),
         }
@@ -118,15 +135,19 @@ def _cell(v: Any, fmt: str) -> str:
 
 def format_table(summary: dict[str, dict[str, Any]], rat: dict[str, float]) -> str:
     """The throughput table and one ratio line per peer."""
-    head = (f"{'program':10s} {'ok/runs':>7s} {'lines/s (median)':>17s} {'CPU-s/M lines':>14s} "
-            f"{'peak RSS MiB':>13s}")
+    head = (
+        f"{'program':10s} {'ok/runs':>7s} {'lines/s (median)':>17s} {'CPU-s/M lines':>14s} "
+        f"{'peak RSS MiB':>13s}"
+    )
     rows = [head, "-" * len(head)]
     for prog, s in summary.items():
         mark = "*" if s.get("incomplete") else ""
-        rows.append(f"{prog + mark:10s} {s['ok']:>3d}/{s['runs']:<3d} "
-                    f"{_cell(s['lines_per_s'], ',d'):>17s} "
-                    f"{_cell(s['cpu_s_per_mline'], '.2f'):>14s} "
-                    f"{_cell(s['peak_rss_mib'], '.1f'):>13s}")
+        rows.append(
+            f"{prog + mark:10s} {s['ok']:>3d}/{s['runs']:<3d} "
+            f"{_cell(s['lines_per_s'], ',d'):>17s} "
+            f"{_cell(s['cpu_s_per_mline'], '.2f'):>14s} "
+            f"{_cell(s['peak_rss_mib'], '.1f'):>13s}"
+        )
     for key, v in rat.items():
         if key.startswith("shipper/"):
             peer = key.split("/", 1)[1]
@@ -134,17 +155,21 @@ def format_table(summary: dict[str, dict[str, Any]], rat: dict[str, float]) -> s
     if not rat:
         rows.append("ratios: need an ok run of shipper and of a peer")
     if any(s.get("incomplete") for s in summary.values()):
-        rows.append("* no run delivered all N lines (queue_full drops): medians of the runs "
-                    "that read all N, timed to the last record's arrival; ok/runs counts those")
+        rows.append(
+            "* no run delivered all N lines (queue_full drops): medians of the runs "
+            "that read all N, timed to the last record's arrival; ok/runs counts those"
+        )
     return "\n".join(rows)
 
 
 def format_latency(d: dict[str, Any]) -> str:
     """One paragraph for the latency scenario."""
-    return (f"latency at {d['rate']:,.0f} lines/s for {d['duration_s']:.0f} s: "
-            f"p50 {d['p50_ms']} ms, p99 {d['p99_ms']} ms, max {d['max_ms']} ms "
-            f"(target p99 <= {TARGETS['p99_ms']:.0f} ms); delivered {d['delivered']:,} of "
-            f"{d['written']:,} lines; CPU {d['cpu_s']} s, peak RSS {d['peak_rss_mib']} MiB")
+    return (
+        f"latency at {d['rate']:,.0f} lines/s for {d['duration_s']:.0f} s: "
+        f"p50 {d['p50_ms']} ms, p99 {d['p99_ms']} ms, max {d['max_ms']} ms "
+        f"(target p99 <= {TARGETS['p99_ms']:.0f} ms); delivered {d['delivered']:,} of "
+        f"{d['written']:,} lines; CPU {d['cpu_s']} s, peak RSS {d['peak_rss_mib']} MiB"
+    )
 
 
 def format_stall(d: dict[str, Any]) -> str:
@@ -153,14 +178,16 @@ def format_stall(d: dict[str, Any]) -> str:
         return f"stall: skipped ({d['skipped']})"
     led = d["ledger"] or {}
     dropped = {k: v for k, v in led.get("dropped", {}).items() if v} or 0
-    return (f"stall ({d['rate']:,.0f} lines/s, broker frozen {d['stall_s']:.0f} s, queue "
-            f"{d['queue_max_bytes']}, {d['queue_max_lines']:,} lines): peak RSS "
-            f"{d['peak_rss_mib']} MiB "
-            f"({d['rss_before_stall_mib']} before the freeze; target <= "
-            f"{TARGETS['peak_rss_mib']:.0f} MiB + queue bound); written {d['written']:,}, "
-            f"read {led.get('read', 0):,.0f}, sent {led.get('sent', 0):,.0f}, dropped "
-            f"{dropped}, queued {led.get('queued', 0):,.0f}; "
-            f"read == sent + dropped + queued: {d['balanced']}; at broker {d['delivered']:,}")
+    return (
+        f"stall ({d['rate']:,.0f} lines/s, broker frozen {d['stall_s']:.0f} s, queue "
+        f"{d['queue_max_bytes']}, {d['queue_max_lines']:,} lines): peak RSS "
+        f"{d['peak_rss_mib']} MiB "
+        f"({d['rss_before_stall_mib']} before the freeze; target <= "
+        f"{TARGETS['peak_rss_mib']:.0f} MiB + queue bound); written {d['written']:,}, "
+        f"read {led.get('read', 0):,.0f}, sent {led.get('sent', 0):,.0f}, dropped "
+        f"{dropped}, queued {led.get('queued', 0):,.0f}; "
+        f"read == sent + dropped + queued: {d['balanced']}; at broker {d['delivered']:,}"
+    )
 
 
 def _redacted(obj: Any, redact: dict[str, str]) -> Any:
@@ -171,8 +198,12 @@ def _redacted(obj: Any, redact: dict[str, str]) -> Any:
     return json.loads(text)
 
 
-def write_json(path: Path, machine: dict[str, Any], scenarios: dict[str, Any],
-               redact: dict[str, str] | None = None) -> dict[str, Any]:
+def write_json(
+    path: Path,
+    machine: dict[str, Any],
+    scenarios: dict[str, Any],
+    redact: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Merge this session's scenarios into path (other scenarios' results are kept)."""
     scenarios = _redacted(scenarios, redact or {})
     doc: dict[str, Any] = {}

@@ -27,8 +27,11 @@ class LedgerView:
         return self.read == self.sent + sum(self.dropped.values()) + self.queued
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "dropped_total": sum(self.dropped.values()),
-                "balanced": self.balanced}
+        return {
+            **asdict(self),
+            "dropped_total": sum(self.dropped.values()),
+            "balanced": self.balanced,
+        }
 
 
 def _get(url: str, timeout: float) -> str | None:
@@ -53,9 +56,12 @@ def scrape(url: str, timeout: float = 5.0) -> LedgerView | None:
                 dropped[reason] = dropped.get(reason, 0.0) + s.value
             elif not s.labels:
                 values[s.name] = s.value
-    return LedgerView(values.get("shipper_lines_read_total", 0.0),
-                      values.get("shipper_lines_sent_total", 0.0),
-                      values.get("shipper_queue_lines", 0.0), dropped)
+    return LedgerView(
+        values.get("shipper_lines_read_total", 0.0),
+        values.get("shipper_lines_sent_total", 0.0),
+        values.get("shipper_queue_lines", 0.0),
+        dropped,
+    )
 
 
 def healthy(url: str) -> bool:

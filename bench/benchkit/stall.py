@@ -64,8 +64,9 @@ class _Samples:
         return t
 
 
-def _drive(sh: LiveShipper, writer: subprocess.Popen[bytes], freezer: _Freezer,
-           samples: _Samples) -> None:
+def _drive(
+    sh: LiveShipper, writer: subprocess.Popen[bytes], freezer: _Freezer, samples: _Samples
+) -> None:
     """Sample RSS every 0.2 s while the writer runs, freezing/thawing the broker on time."""
     try:
         while writer.poll() is None:
@@ -104,15 +105,28 @@ def _timeline(rss: list[tuple[float, int]]) -> list[list[float]]:
     return out
 
 
-def _report(opts: Options, *, written: int, delivered: int, view: LedgerView | None,
-            samples: _Samples, peak_kib: int | None, freezer: _Freezer) -> dict[str, Any]:
+def _report(
+    opts: Options,
+    *,
+    written: int,
+    delivered: int,
+    view: LedgerView | None,
+    samples: _Samples,
+    peak_kib: int | None,
+    freezer: _Freezer,
+) -> dict[str, Any]:
     return {
-        "rate": opts.stall_rate, "before_s": opts.stall_before, "stall_s": opts.stall,
-        "after_s": opts.stall_after, "queue_max_bytes": QUEUE_MAX_BYTES,
+        "rate": opts.stall_rate,
+        "before_s": opts.stall_before,
+        "stall_s": opts.stall,
+        "after_s": opts.stall_after,
+        "queue_max_bytes": QUEUE_MAX_BYTES,
         "queue_max_lines": QUEUE_MAX_LINES,
         "rss_before_stall_mib": _max_mib(samples.rss, until=freezer.stopped_at),
-        "broker_stopped_at_s": freezer.stopped_at, "broker_resumed_at_s": freezer.resumed_at,
-        "written": written, "delivered": delivered,
+        "broker_stopped_at_s": freezer.stopped_at,
+        "broker_resumed_at_s": freezer.resumed_at,
+        "written": written,
+        "delivered": delivered,
         "peak_rss_mib": round(peak_kib / 1024, 1) if peak_kib else None,
         "max_sampled_rss_mib": _max_mib(samples.rss),
         "ledger": view.as_dict() if view else None,
@@ -143,8 +157,16 @@ def run_stall(broker: Broker, opts: Options) -> dict[str, Any]:
             written = writer_result(writer)
         view = _settle(sh, written, samples, timeout=60)
         usage = proc_usage(sh.pid)
-    delivered = wait_total(broker, topic, opts.partitions, int(view.sent) if view else written,
-                           timeout=30)
+    delivered = wait_total(
+        broker, topic, opts.partitions, int(view.sent) if view else written, timeout=30
+    )
     broker.delete_topic(topic)
-    return _report(opts, written=written, delivered=delivered, view=view, samples=samples,
-                   peak_kib=usage.peak_rss_kib if usage else None, freezer=freezer)
+    return _report(
+        opts,
+        written=written,
+        delivered=delivered,
+        view=view,
+        samples=samples,
+        peak_kib=usage.peak_rss_kib if usage else None,
+        freezer=freezer,
+    )

@@ -100,15 +100,21 @@ class _Watcher:
             return False
         self._next_scrape = now + 1.0
         view = scrape(self.launch.metrics_url)
-        return bool(view and view.read >= self.spec.lines and view.queued == 0
-                    and sum(view.dropped.values()) > 0 and now - self._stable_since > 2.0)
+        return bool(
+            view
+            and view.read >= self.spec.lines
+            and view.queued == 0
+            and sum(view.dropped.values()) > 0
+            and now - self._stable_since > 2.0
+        )
 
     def decide(self, now: float, deadline: float) -> str | None:
         done = self.reached >= self.spec.lines
         if done and (self.exited_at is not None or not self.launch.exits_when_done):
             return "ok"
-        if self.exited_at is not None and (not self.launch.exits_when_done
-                                           or now - self.exited_at > _EXIT_GRACE):
+        if self.exited_at is not None and (
+            not self.launch.exits_when_done or now - self.exited_at > _EXIT_GRACE
+        ):
             return "exited"
         if self._all_read_some_dropped(now):
             return "dropped"
@@ -142,24 +148,37 @@ def _result(program: str, spec: RunSpec, w: _Watch, wall: float, usage: Usage | 
     cpu = usage.cpu_s if usage else None
     hwm = max(w.hwm_kib, usage.peak_rss_kib if usage and not w.exit_usage else 0)
     return RunResult(
-        program=program, rep=0, position=0, status=w.status, lines=spec.lines, reached=w.reached,
-        wall_s=round(wall, 3), lines_per_s=round(spec.lines / wall) if ok else None,
+        program=program,
+        rep=0,
+        position=0,
+        status=w.status,
+        lines=spec.lines,
+        reached=w.reached,
+        wall_s=round(wall, 3),
+        lines_per_s=round(spec.lines / wall) if ok else None,
         cpu_s=round(cpu, 2) if cpu is not None else None,
         cpu_s_per_mline=round(cpu / spec.lines * 1e6, 3) if ok and cpu is not None else None,
         peak_rss_mib=round(hwm / 1024, 1) if hwm else None,
     )
 
 
-def run_one(program: str, spec: RunSpec, broker: Broker, opts: Options,
-            profile_out: Path | None = None) -> RunResult:
+def run_one(
+    program: str, spec: RunSpec, broker: Broker, opts: Options, profile_out: Path | None = None
+) -> RunResult:
     """Start program, wait until the topic holds spec.lines records, stop it, measure."""
     spec.workdir.mkdir(parents=True, exist_ok=True)
     launch = launch_for(program, spec, profile_out)
     err_path = spec.workdir / f"{program}.stderr"
     with (spec.workdir / f"{program}.stdout").open("wb") as out, err_path.open("wb") as err:
         t0 = time.monotonic()
-        proc = subprocess.Popen(launch.argv, stdout=out, stderr=err, env=launch.env,
-                                cwd=spec.workdir, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            launch.argv,
+            stdout=out,
+            stderr=err,
+            env=launch.env,
+            cwd=spec.workdir,
+            stdin=subprocess.DEVNULL,
+        )
         try:
             w = _Watcher(proc, broker, spec, launch).run(t0 + opts.timeout, opts.poll)
             live = proc_usage(proc.pid) if proc.returncode is None else None
@@ -182,14 +201,20 @@ def _order(programs: list[str], rep: int) -> list[str]:
 
 def _describe(r: RunResult) -> str:
     if r.status == "dropped" and r.metrics:
-        return (f"DROPPED {r.metrics['dropped_total']:,.0f} lines "
-                f"({ {k: v for k, v in r.metrics['dropped'].items() if v} }); "
-                f"{r.reached:,}/{r.lines:,} at the broker after {r.wall_s:.1f}s")
+        return (
+            f"DROPPED {r.metrics['dropped_total']:,.0f} lines "
+            f"({ {k: v for k, v in r.metrics['dropped'].items() if v} }); "
+            f"{r.reached:,}/{r.lines:,} at the broker after {r.wall_s:.1f}s"
+        )
     if r.status != "ok":
-        return (f"{r.status.upper()} after {r.wall_s:.1f}s, {r.reached:,}/{r.lines:,} lines"
-                f" (exit code {r.exit_code})")
-    return (f"{r.lines_per_s:,} lines/s, {r.cpu_s_per_mline} CPU-s/M lines, "
-            f"peak RSS {r.peak_rss_mib} MiB")
+        return (
+            f"{r.status.upper()} after {r.wall_s:.1f}s, {r.reached:,}/{r.lines:,} lines"
+            f" (exit code {r.exit_code})"
+        )
+    return (
+        f"{r.lines_per_s:,} lines/s, {r.cpu_s_per_mline} CPU-s/M lines, "
+        f"peak RSS {r.peak_rss_mib} MiB"
+    )
 
 
 def _drop_and_settle(broker: Broker, topic: str) -> None:
@@ -208,8 +233,14 @@ def _warm_broker(broker: Broker, file: Path, opts: Options) -> None:
     topic = f"bench-warmup-{uuid.uuid4().hex[:8]}"
     broker.create_topic(topic, opts.partitions, TOPIC_CONFIGS)
     try:
-        r = run_one("kcat", RunSpec(file, opts.lines, topic, opts.partitions, broker.bootstrap,
-                                    opts.tmp / "warmup"), broker, opts)
+        r = run_one(
+            "kcat",
+            RunSpec(
+                file, opts.lines, topic, opts.partitions, broker.bootstrap, opts.tmp / "warmup"
+            ),
+            broker,
+            opts,
+        )
     finally:
         _drop_and_settle(broker, topic)
     print(f"bench: broker warm-up (kcat, not counted): {_describe(r)}", flush=True)
@@ -225,8 +256,14 @@ def run_throughput(broker: Broker, file: Path, opts: Options) -> list[RunResult]
     for rep in range(reps):
         for pos, program in enumerate(_order(list(opts.programs), rep)):
             topic = f"bench-{program}-{rep}-{uuid.uuid4().hex[:8]}"
-            spec = RunSpec(file, opts.lines, topic, opts.partitions, broker.bootstrap,
-                           opts.tmp / f"run-{rep}-{program}")
+            spec = RunSpec(
+                file,
+                opts.lines,
+                topic,
+                opts.partitions,
+                broker.bootstrap,
+                opts.tmp / f"run-{rep}-{program}",
+            )
             broker.create_topic(topic, opts.partitions, TOPIC_CONFIGS)
             try:
                 r = run_one(program, spec, broker, opts)

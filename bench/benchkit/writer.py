@@ -20,8 +20,9 @@ def _lines(bodies: tuple[str, ...], start: int, count: int, stamp: bool) -> byte
     n = len(bodies)
     if stamp:
         now = time.time_ns()
-        return "".join(f"ts={now} seq={i} {bodies[i % n]}\n"
-                       for i in range(start, start + count)).encode()
+        return "".join(
+            f"ts={now} seq={i} {bodies[i % n]}\n" for i in range(start, start + count)
+        ).encode()
     return "".join(f"seq={i} {bodies[i % n]}\n" for i in range(start, start + count)).encode()
 
 

@@ -294,5 +294,3 @@ class Client:
 
     def _warn(self, event: str, **kw: Any) -> None:
         self._limiter.warn(self._log, event, **kw)
-
-

@@ -156,12 +156,31 @@ def check() -> None:
     try:
         transport = KafkaTCPTransport(net, a)
         wanted = (
-            (net, ("_io_thread", "_exception", "start", "stop", "close", "call_soon",
-                   "call_soon_threadsafe", "sleep")),
+            (
+                net,
+                (
+                    "_io_thread",
+                    "_exception",
+                    "start",
+                    "stop",
+                    "close",
+                    "call_soon",
+                    "call_soon_threadsafe",
+                    "sleep",
+                ),
+            ),
             (manager, ("_conns", "cluster", "get_connection", "bootstrapped", "close")),
-            (manager.cluster, ("_refresh_loop_future", "request_update", "add_topic",
-                               "add_listener", "partitions_for_topic",
-                               "leader_for_partition")),
+            (
+                manager.cluster,
+                (
+                    "_refresh_loop_future",
+                    "request_update",
+                    "add_topic",
+                    "add_listener",
+                    "partitions_for_topic",
+                    "leader_for_partition",
+                ),
+            ),
             (transport, ("_write_buffer", "_sock", "abort", "is_closing")),
         )
         for obj, names in wanted:

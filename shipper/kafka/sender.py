@@ -163,9 +163,7 @@ class KafkaSender:
                 out = None
             # While a batch is still on its way, do not sleep on an empty queue: settle it.
             idle = 0.0 if draining or out is not None else _IDLE_WAIT
-            chunks = take(
-                max_lines, self._raw_budget, idle, 0.0 if draining else cfg.linger, group
-            )
+            chunks = take(max_lines, self._raw_budget, idle, 0.0 if draining else cfg.linger, group)
             if not chunks:
                 self._finish_outstanding()
                 if draining:

@@ -168,9 +168,7 @@ class Watcher:
 
     def ensure(self, directory: str, recursive: bool) -> bool:
         """Watch ``directory`` if it exists and is not watched yet; False if it cannot be."""
-        if self._watched.get(directory) is not None and (
-            self._watched[directory] or not recursive
-        ):
+        if self._watched.get(directory) is not None and (self._watched[directory] or not recursive):
             return True
         if self._observer is None:
             raise RuntimeError("Watcher.ensure before Watcher.start")

@@ -81,8 +81,15 @@ class Copies:
     def truncated(self, fp_len: int, fp: str, offset: int, unread: int) -> None:
         """A file with fingerprint ``fp`` was truncated after we read it up to ``offset``,
         with ``unread`` bytes seen in it but not read."""
-        self._orphans.append(_Orphan(fp_len=fp_len, fp=fp, offset=offset, lost=unread,
-                                     expires=time.monotonic() + self._rotate_wait))
+        self._orphans.append(
+            _Orphan(
+                fp_len=fp_len,
+                fp=fp,
+                offset=offset,
+                lost=unread,
+                expires=time.monotonic() + self._rotate_wait,
+            )
+        )
         # Copies that waited for this truncation may now be read from where we stopped.
         for path in self._pending:
             self._pending[path] = 0.0

@@ -48,8 +48,9 @@ class LineSplitter:
         "truncated",
     )
 
-    def __init__(self, max_line_bytes: int, policy: str = "truncate", *,
-                 mid_line: bool = False) -> None:
+    def __init__(
+        self, max_line_bytes: int, policy: str = "truncate", *, mid_line: bool = False
+    ) -> None:
         self._max = max_line_bytes
         self._drop = policy == "drop"
         self.partial = b""

@@ -128,26 +128,34 @@ class FileReader:
         if not cut.lines:
             return None
         if self.ml is not None:
-            starts = cut.offsets if cut.offsets is not None else line_starts(
-                cut.lines, cut.base, cut.eol)
+            starts = (
+                cut.offsets
+                if cut.offsets is not None
+                else line_starts(cut.lines, cut.base, cut.eol)
+            )
             records, offs = self.ml.feed(cut.lines, starts)
             if not records:
                 return None
-            return Chunk(records, sum(map(len, records)), self.source, time.time(),
-                         offs[0], 0, offs)
-        return Chunk(cut.lines, cut.nbytes, self.source, time.time(), cut.base, cut.eol,
-                     cut.offsets)
+            return Chunk(
+                records, sum(map(len, records)), self.source, time.time(), offs[0], 0, offs
+            )
+        return Chunk(
+            cut.lines, cut.nbytes, self.source, time.time(), cut.base, cut.eol, cut.offsets
+        )
 
     def _report_long(self) -> None:
         s = self.splitter
         if s.truncated:
             self._ledger.event("lines_truncated", s.truncated)
-            self._warn("line_truncated", path=self.path, count=s.truncated,
-                       max_line_bytes=self._inp.max_line_bytes)
+            self._warn(
+                "line_truncated",
+                path=self.path,
+                count=s.truncated,
+                max_line_bytes=self._inp.max_line_bytes,
+            )
         if s.too_long:
             self._ledger.rejected("line_too_long", s.too_long, s.too_long_bytes)
-            self._warn("lines_dropped", reason="line_too_long", path=self.path,
-                       count=s.too_long)
+            self._warn("lines_dropped", reason="line_too_long", path=self.path, count=s.too_long)
         s.reset_counts()
 
     def flush_joined(self) -> Chunk | None:

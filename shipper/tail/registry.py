@@ -86,8 +86,7 @@ class Registry:
     # -- the background writer --------------------------------------------------------
     def start(self) -> None:
         """Start the writer thread that saves reservations ahead of need."""
-        self._thread = threading.Thread(target=self._run, name="shipper-registry",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name="shipper-registry", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
@@ -158,9 +157,14 @@ class Registry:
                 raise ValueError(f"unsupported registry version {doc.get('version')!r}")  # noqa: TRY301  # one handler for every kind of corruption
             for e in doc["files"]:
                 ent = Entry(
-                    dev=int(e["dev"]), ino=int(e["ino"]), fp_len=int(e["fp_len"]),
-                    fp=str(e["fp"]), path=str(e["path"]), durable=int(e["offset"]),
-                    exact=int(e.get("exact", e["offset"])), seen=float(e["seen"]),
+                    dev=int(e["dev"]),
+                    ino=int(e["ino"]),
+                    fp_len=int(e["fp_len"]),
+                    fp=str(e["fp"]),
+                    path=str(e["path"]),
+                    durable=int(e["offset"]),
+                    exact=int(e.get("exact", e["offset"])),
+                    seen=float(e["seen"]),
                 )
                 self._entries[ent.key] = ent
         except (ValueError, KeyError, TypeError) as exc:
@@ -184,8 +188,17 @@ class Registry:
         A start past 0 is saved at once (on failure the next ``advance`` retries; nothing is
         handed on before).
         """
-        entry = Entry(dev=dev, ino=ino, fp_len=fp_len, fp=fp, path=path, durable=start,
-                      exact=start, seen=time.time(), restored=False)
+        entry = Entry(
+            dev=dev,
+            ino=ino,
+            fp_len=fp_len,
+            fp=fp,
+            path=path,
+            durable=start,
+            exact=start,
+            seen=time.time(),
+            restored=False,
+        )
         self._entries[entry.key] = entry
         if start:
             self.save()
@@ -224,8 +237,11 @@ class Registry:
 
     def forget_old(self, now: float, live: set[str]) -> int:
         """Drop entries of files not seen for ``forget_after`` seconds; return how many."""
-        old = [k for k, e in self._entries.items()
-               if k not in live and now - e.seen > self.forget_after]
+        old = [
+            k
+            for k, e in self._entries.items()
+            if k not in live and now - e.seen > self.forget_after
+        ]
         for k in old:
             del self._entries[k]
         return len(old)
@@ -263,10 +279,18 @@ class Registry:
             # After a truncation durable is -1 until the next save: nothing past exact was
             # handed on then, so exact is a safe position to resume at.
             off = e.exact if exact else max(e.durable, e.want, e.exact)
-            files.append({
-                "dev": e.dev, "ino": e.ino, "fp_len": e.fp_len, "fp": e.fp,
-                "path": e.path, "offset": off, "exact": e.exact, "seen": round(e.seen, 3),
-            })
+            files.append(
+                {
+                    "dev": e.dev,
+                    "ino": e.ino,
+                    "fp_len": e.fp_len,
+                    "fp": e.fp,
+                    "path": e.path,
+                    "offset": off,
+                    "exact": e.exact,
+                    "seen": round(e.seen, 3),
+                }
+            )
             applied.append((e, e.gen, off))
         data = json.dumps({"version": VERSION, "files": files}, separators=(",", ":")).encode()
         return data, applied
@@ -296,7 +320,7 @@ class Registry:
             try:
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)

@@ -104,8 +104,11 @@ class Tailer:
         for r in list(self._by_key.values()):
             self._close(r, "shutdown")
         if not self._registry.save(exact=True):
-            self._log.error("registry_unwritable", path=str(self._registry.path),
-                            error=self._registry.last_error)
+            self._log.error(
+                "registry_unwritable",
+                path=str(self._registry.path),
+                error=self._registry.last_error,
+            )
         self._registry.close()
 
     def abandon(self) -> None:
@@ -132,8 +135,12 @@ class Tailer:
         except RegistryCorruptError as exc:
             self._registry_reset = True
             self._ledger.event("registry_reset")
-            self._log.error("registry_reset", path=str(self._registry.path), error=str(exc),
-                            action="starting at the end of existing files")
+            self._log.error(
+                "registry_reset",
+                path=str(self._registry.path),
+                error=str(exc),
+                action="starting at the end of existing files",
+            )
 
     # -- the loop -----------------------------------------------------------------------
     def _run(self) -> None:
@@ -175,8 +182,12 @@ class Tailer:
                 if not self._watcher.ensure(d, rec) and os.path.isdir(d):
                     # inotify limits or permissions: the poll and the rescan cover it.
                     self._ledger.event("watch_failed")
-                    self._warn("watch_failed", directory=d, error=self._watcher.failed.get(d),
-                               fallback="polling")
+                    self._warn(
+                        "watch_failed",
+                        directory=d,
+                        error=self._watcher.failed.get(d),
+                        fallback="polling",
+                    )
         for idx, m in enumerate(self._matchers):
             for path in m.scan():
                 if path not in self._by_path:
@@ -261,8 +272,11 @@ class Tailer:
         entry = self._registry.find(f"{st.st_dev}:{st.st_ino}")
         mid_line = False  # resuming inside a line (after a crash)
         # An entry of a file that was empty (fp_len 0) matches anything: no identity.
-        if entry is not None and 0 < entry.fp_len <= fp_len and (
-                fingerprint(head[: entry.fp_len]) == entry.fp):
+        if (
+            entry is not None
+            and 0 < entry.fp_len <= fp_len
+            and (fingerprint(head[: entry.fp_len]) == entry.fp)
+        ):
             if entry.restored:
                 start, mid_line = self._resume_at(entry, fd, size)
                 how = "registry"
@@ -277,17 +291,26 @@ class Tailer:
         self._registry.opened(entry, path, time.time())
         if entry.fp_len < fp_len and fingerprint(head[: entry.fp_len]) == entry.fp:
             self._registry.refingerprint(entry, fp_len, fp)
-        reader = FileReader(source=Source(path, idx), inp=self._inputs[idx], fd=fd,
-                            entry=entry, start=start, size=size, mid_line=mid_line,
-                            ledger=self._ledger, warn=self._warn)
+        reader = FileReader(
+            source=Source(path, idx),
+            inp=self._inputs[idx],
+            fd=fd,
+            entry=entry,
+            start=start,
+            size=size,
+            mid_line=mid_line,
+            ledger=self._ledger,
+            warn=self._warn,
+        )
         self._by_key[entry.key] = reader
         self._by_path[path] = reader
         self._copies.opened(path)
         self._ledger.event("files_opened")
         self._log.info("file_opened", path=path, offset=start, size=size, start=how)
 
-    def _new_entry(self, path: str, idx: int, st: os.stat_result, fp_len: int, fp: str, *,
-                   known: bool) -> tuple[Entry, int, str] | None:
+    def _new_entry(
+        self, path: str, idx: int, st: os.stat_result, fp_len: int, fp: str, *, known: bool
+    ) -> tuple[Entry, int, str] | None:
         """Registry entry and start offset for a file not known by this identity; None
         to look again later (a copy of a file being read, or an empty new file)."""
         size = st.st_size
@@ -299,13 +322,16 @@ class Tailer:
             self._ledger.event("identity_changed")
         if isinstance(copy, int):
             start, how = copy, "copy"
-        elif self._initial and (self._registry_reset or (
-                not self._registry.existed and self._inputs[idx].start_at == "end")):
+        elif self._initial and (
+            self._registry_reset
+            or (not self._registry.existed and self._inputs[idx].start_at == "end")
+        ):
             start, how = size, "end"
         else:
             start, how = 0, "beginning"
-        entry = self._registry.add(dev=st.st_dev, ino=st.st_ino, fp_len=fp_len, fp=fp, path=path,
-                                   start=start)
+        entry = self._registry.add(
+            dev=st.st_dev, ino=st.st_ino, fp_len=fp_len, fp=fp, path=path, start=start
+        )
         return entry, start, how
 
     def _resume_at(self, entry: Entry, fd: int, size: int) -> tuple[int, bool]:
@@ -361,8 +387,11 @@ class Tailer:
         """
         self._paced = False
         held = self._held
-        if held is not None and held.carry is not None and not self._hand_on(
-                held, held.carry, held.carry_end):
+        if (
+            held is not None
+            and held.carry is not None
+            and not self._hand_on(held, held.carry, held.carry_end)
+        ):
             return True
         readers = list(self._by_key.values())
         active = [r for r in readers if not r.rotated]
@@ -414,8 +443,12 @@ class Tailer:
         if not self._registry.advance(entry, end):
             self._ledger.rejected("registry_unwritable", len(chunk.lines), chunk.nbytes)
             self.degraded = True
-            self._warn("registry_unwritable", path=str(self._registry.path),
-                       error=self._registry.last_error, lines=len(chunk.lines))
+            self._warn(
+                "registry_unwritable",
+                path=str(self._registry.path),
+                error=self._registry.last_error,
+                lines=len(chunk.lines),
+            )
             self._registry.commit(entry, end)
             return True
         if self.degraded:

@@ -22,14 +22,20 @@ from tests.conftest import Broker, free_port
 
 pytestmark = pytest.mark.kafka
 
-_SAMPLE = re.compile(r'^([a-z_]+)(?:\{([^}]*)\})? (\S+)$')
+_SAMPLE = re.compile(r"^([a-z_]+)(?:\{([^}]*)\})? (\S+)$")
 
 
 class Shipper:
     """A ``shipper run`` child process with its config, logs and metrics."""
 
-    def __init__(self, cfg: dict[str, Any], workdir: Path, env: dict[str, str] | None = None,
-                 user: str | None = None, prefix: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        workdir: Path,
+        env: dict[str, str] | None = None,
+        user: str | None = None,
+        prefix: list[str] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.workdir = workdir
         self.conf = workdir / f"shipper-{time.monotonic_ns()}.yaml.conf"
@@ -42,9 +48,13 @@ class Shipper:
         if prefix:  # e.g. ["prlimit", "--nofile=256:256"]
             cmd = [*prefix, *cmd]
         self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})},
-                                     cwd=Path(__file__).resolve().parents[2])
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            cwd=Path(__file__).resolve().parents[2],
+        )
         try:
             self.wait_http()
         except AssertionError:
@@ -92,8 +102,9 @@ class Shipper:
         """read/sent/queued/dropped-by-reason from /metrics."""
         return ledger_from_metrics(self.metrics())
 
-    def wait_for(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 60.0,
-                 what: str = "condition") -> dict[str, Any]:
+    def wait_for(
+        self, pred: Callable[[dict[str, Any]], bool], timeout: float = 60.0, what: str = "condition"
+    ) -> dict[str, Any]:
         """Poll the ledger until ``pred`` holds."""
         deadline = time.monotonic() + timeout
         led: dict[str, Any] = {}
@@ -170,15 +181,19 @@ def ledger_from_metrics(m: dict[str, float]) -> dict[str, Any]:
     }
 
 
-def base_config(broker: Broker, topic: str, workdir: Path, paths: list[str],
-                **over: Any) -> dict[str, Any]:
+def base_config(
+    broker: Broker, topic: str, workdir: Path, paths: list[str], **over: Any
+) -> dict[str, Any]:
     """A config for tests: fast polling, registry and metrics in the test's own places."""
     cfg: dict[str, Any] = {
         "inputs": [{"paths": paths, "start_at": "beginning"}],
         "tail": {"rescan_interval": "1s", "poll_interval": "100ms", "rotate_wait": "2s"},
         "queue": {"max_lines": 100_000, "max_bytes": "64MiB"},
-        "kafka": {"bootstrap_servers": [broker.bootstrap], "topic": topic,
-                  "unavailable_timeout": "2s"},
+        "kafka": {
+            "bootstrap_servers": [broker.bootstrap],
+            "topic": topic,
+            "unavailable_timeout": "2s",
+        },
         "registry": {"path": str(workdir / "registry.json")},
         "metrics": {"listen": f"127.0.0.1:{free_port()}"},
         "log": {"level": "info", "format": "json", "stats_interval": "5s"},

@@ -27,12 +27,20 @@ def create_topic(broker: Broker, topic: str, partitions: int) -> None:
     time.sleep(0.5)  # let metadata settle
 
 
-def ship(broker: Broker, topic: str, tmp_path: Path, start: Start, files: dict[str, int],
-         **kafka: object) -> dict[int, list[bytes]]:
+def ship(
+    broker: Broker, topic: str, tmp_path: Path, start: Start, files: dict[str, int], **kafka: object
+) -> dict[int, list[bytes]]:
     for name in files:
         (tmp_path / name).touch()
-    s = start(base_config(broker, topic, tmp_path, [str(tmp_path / "*.log")],
-                          kafka={"linger": "20ms", "batch_max_lines": 500, **kafka}))
+    s = start(
+        base_config(
+            broker,
+            topic,
+            tmp_path,
+            [str(tmp_path / "*.log")],
+            kafka={"linger": "20ms", "batch_max_lines": 500, **kafka},
+        )
+    )
     total = 0
     for name, n in files.items():
         append(tmp_path / name, [b"%s %06d" % (name.encode(), i) for i in range(n)])
@@ -42,8 +50,9 @@ def ship(broker: Broker, topic: str, tmp_path: Path, start: Start, files: dict[s
     return read_topic(broker.bootstrap, topic, timeout=60, expect=total)
 
 
-def test_round_robin_spreads_batches(kafka: Broker, topic: str, tmp_path: Path,
-                                     start_shipper: Start) -> None:
+def test_round_robin_spreads_batches(
+    kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start
+) -> None:
     """partition_by none spreads batches over partitions; every line arrives once."""
     create_topic(kafka, topic, 3)
     parts = ship(kafka, topic, tmp_path, start_shipper, {"a.log": 6000})
@@ -53,7 +62,8 @@ def test_round_robin_spreads_batches(kafka: Broker, topic: str, tmp_path: Path,
 
 
 def test_partition_by_file_keeps_each_file_in_one_partition(
-        kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start) -> None:
+    kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start
+) -> None:
     """partition_by file sends each file's lines to one partition, in order."""
     create_topic(kafka, topic, 3)
     files = {f"f{i}.log": 2000 for i in range(4)}
@@ -65,18 +75,21 @@ def test_partition_by_file_keeps_each_file_in_one_partition(
         assert mine == [b"%s %06d" % (name.encode(), i) for i in range(n)]
 
 
-def test_partition_by_host_uses_one_partition(kafka: Broker, topic: str, tmp_path: Path,
-                                              start_shipper: Start) -> None:
+def test_partition_by_host_uses_one_partition(
+    kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start
+) -> None:
     """partition_by host sends everything from this host to one partition."""
     create_topic(kafka, topic, 3)
-    parts = ship(kafka, topic, tmp_path, start_shipper, {"a.log": 3000, "b.log": 3000},
-                 partition_by="host")
+    parts = ship(
+        kafka, topic, tmp_path, start_shipper, {"a.log": 3000, "b.log": 3000}, partition_by="host"
+    )
     assert sorted(len(v) for v in parts.values()) == [0, 0, 6000]
 
 
 @pytest.mark.parametrize("codec", ["gzip", "lz4", "zstd", "snappy"])
-def test_compression_round_trip(kafka: Broker, topic: str, tmp_path: Path,
-                                start_shipper: Start, codec: str) -> None:
+def test_compression_round_trip(
+    kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start, codec: str
+) -> None:
     """Every codec's batches are accepted by the broker and read back byte-exact."""
     parts = ship(kafka, topic, tmp_path, start_shipper, {"c.log": 5000}, compression=codec)
     assert parts[0] == [b"c.log %06d" % i for i in range(5000)]

@@ -23,8 +23,9 @@ def topic_values(broker: Broker, topic: str, expect: int, timeout: float = 60) -
     return [v for p in sorted(parts) for v in parts[p]]
 
 
-def test_200k_lines_arrive_once_in_order(kafka: Broker, topic: str, tmp_path: Path,
-                                         start_shipper: Start) -> None:
+def test_200k_lines_arrive_once_in_order(
+    kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start
+) -> None:
     """200,000 lines appended while the shipper runs arrive byte-exact, once, in order."""
     log = tmp_path / "app.log"
     log.touch()
@@ -40,8 +41,9 @@ def test_200k_lines_arrive_once_in_order(kafka: Broker, topic: str, tmp_path: Pa
     assert final["lines_read"] == final["lines_sent"] == 200_000
 
 
-def test_globs_excludes_and_new_files(kafka: Broker, topic: str, tmp_path: Path,
-                                      start_shipper: Start) -> None:
+def test_globs_excludes_and_new_files(
+    kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start
+) -> None:
     """Three files under two globs and one created later arrive once; excluded never."""
     a, b = tmp_path / "a", tmp_path / "b" / "deep"
     a.mkdir()
@@ -67,8 +69,9 @@ def test_globs_excludes_and_new_files(kafka: Broker, topic: str, tmp_path: Path,
     assert s.stop() == 0
 
 
-def test_crlf_and_partial_last_line(kafka: Broker, topic: str, tmp_path: Path,
-                                    start_shipper: Start) -> None:
+def test_crlf_and_partial_last_line(
+    kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start
+) -> None:
     """CRLF lines lose their CR; a last line without newline waits for it."""
     log = tmp_path / "app.log"
     append(log, b"first\r\nsecond\r\nthird without newline")
@@ -78,13 +81,17 @@ def test_crlf_and_partial_last_line(kafka: Broker, topic: str, tmp_path: Path,
     assert s.ledger()["read"] == 2
     append(log, b" now complete\r\n")
     s.wait_for(lambda led: led["sent"] >= 3, 30, "third line")
-    assert topic_values(kafka, topic, 3) == [b"first", b"second",
-                                             b"third without newline now complete"]
+    assert topic_values(kafka, topic, 3) == [
+        b"first",
+        b"second",
+        b"third without newline now complete",
+    ]
     assert s.stop() == 0
 
 
-def test_invalid_utf8_and_nul_bytes_pass_through(kafka: Broker, topic: str, tmp_path: Path,
-                                                 start_shipper: Start) -> None:
+def test_invalid_utf8_and_nul_bytes_pass_through(
+    kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start
+) -> None:
     """Invalid UTF-8 and NUL bytes arrive byte-exact."""
     log = tmp_path / "bin.log"
     lines = [b"\x00\x01\x02", b"\xff\xfe invalid \xc3\x28", b"caf\xc3\xa9", b"tab\there", b""]
@@ -97,16 +104,18 @@ def test_invalid_utf8_and_nul_bytes_pass_through(kafka: Broker, topic: str, tmp_
 
 
 @pytest.mark.slow
-def test_queue_overflow_with_broker_down(kafka: Broker, topic: str, tmp_path: Path,
-                                         start_shipper: Start) -> None:
+def test_queue_overflow_with_broker_down(
+    kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start
+) -> None:
     """Broker down, 10x the queue written: bounded, balanced, and what never arrived is
     exactly what the ledger says was dropped."""
     if not kafka.managed:
         pytest.skip("needs a broker this session started (KAFKA_BOOTSTRAP is external)")
     log = tmp_path / "app.log"
     log.touch()
-    cfg = base_config(kafka, topic, tmp_path, [str(log)],
-                      queue={"max_lines": 5000, "max_bytes": "1MiB"})
+    cfg = base_config(
+        kafka, topic, tmp_path, [str(log)], queue={"max_lines": 5000, "max_bytes": "1MiB"}
+    )
     s = start_shipper(cfg)
     append(log, [b"warmup"])
     s.wait_for(lambda led: led["sent"] == 1, 30, "warm-up line")
@@ -137,8 +146,9 @@ def test_queue_overflow_with_broker_down(kafka: Broker, topic: str, tmp_path: Pa
 
 
 @pytest.mark.slow
-def test_broker_missing_at_start(kafka: Broker, topic: str, tmp_path: Path,
-                                 start_shipper: Start) -> None:
+def test_broker_missing_at_start(
+    kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start
+) -> None:
     """With no broker at start the daemon runs, counts kafka_unavailable, and ships new
     lines once the broker is started."""
     if not kafka.managed:
@@ -152,8 +162,11 @@ def test_broker_missing_at_start(kafka: Broker, topic: str, tmp_path: Path,
         assert code == 200, doc
         assert doc["kafka_connected"] is False
         append(log, [b"lost %d" % i for i in range(10)])
-        led = s.wait_for(lambda led: led["dropped"].get("kafka_unavailable", 0) == 10, 30,
-                         "kafka_unavailable drops")
+        led = s.wait_for(
+            lambda led: led["dropped"].get("kafka_unavailable", 0) == 10,
+            30,
+            "kafka_unavailable drops",
+        )
         assert led["balanced"]
     finally:
         kafka.start()
@@ -164,13 +177,15 @@ def test_broker_missing_at_start(kafka: Broker, topic: str, tmp_path: Path,
     assert s.stop() == 0
 
 
-def test_sigterm_mid_stream(kafka: Broker, topic: str, tmp_path: Path,
-                            start_shipper: Start) -> None:
+def test_sigterm_mid_stream(
+    kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start
+) -> None:
     """SIGTERM while lines flow: exit 0 within drain_timeout + 1 s, balanced, none twice."""
     log = tmp_path / "app.log"
     log.touch()
-    s = start_shipper(base_config(kafka, topic, tmp_path, [str(log)],
-                                  shutdown={"drain_timeout": "2s"}))
+    s = start_shipper(
+        base_config(kafka, topic, tmp_path, [str(log)], shutdown={"drain_timeout": "2s"})
+    )
     lines = [b"m %07d" % i for i in range(300_000)]
     for i in range(0, 150_000, 10_000):
         append(log, lines[i : i + 10_000])
@@ -192,15 +207,22 @@ def test_sigterm_mid_stream(kafka: Broker, topic: str, tmp_path: Path,
     assert sum(offs.values()) == sent
 
 
-def test_second_sigint_exits_at_once(kafka: Broker, topic: str, tmp_path: Path,
-                                     start_shipper: Start) -> None:
+def test_second_sigint_exits_at_once(
+    kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start
+) -> None:
     """A second Ctrl-C during a long drain exits at once (130) instead of waiting."""
     from tests.conftest import free_port  # noqa: PLC0415
 
     log = tmp_path / "app.log"
     log.touch()
-    cfg = base_config(kafka, topic, tmp_path, [str(log)], shutdown={"drain_timeout": "60s"},
-                      kafka={"unavailable_timeout": "60s"})
+    cfg = base_config(
+        kafka,
+        topic,
+        tmp_path,
+        [str(log)],
+        shutdown={"drain_timeout": "60s"},
+        kafka={"unavailable_timeout": "60s"},
+    )
     cfg["kafka"]["bootstrap_servers"] = [f"127.0.0.1:{free_port()}"]  # nobody listens
     s = start_shipper(cfg)
     append(log, [b"stuck %d" % i for i in range(100)])
@@ -214,8 +236,9 @@ def test_second_sigint_exits_at_once(kafka: Broker, topic: str, tmp_path: Path,
     assert time.monotonic() - t0 < 2
 
 
-def test_only_the_main_thread_takes_stop_signals(kafka: Broker, topic: str, tmp_path: Path,
-                                                 start_shipper: Start) -> None:
+def test_only_the_main_thread_takes_stop_signals(
+    kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start
+) -> None:
     """Every other thread blocks SIGINT and SIGTERM, so they always wake the main thread.
 
     A stop signal the kernel hands to a worker thread would leave the main thread asleep in

@@ -56,9 +56,11 @@ class Audit:
         return sum(len(numbered(tag, i)) + 1 for i in self.missing)
 
     def figures(self) -> str:
-        return (f"written={self.written} delivered={self.delivered} "
-                f"duplicates={self.duplicates} missing={len(self.missing)} "
-                f"foreign={len(self.foreign)}")
+        return (
+            f"written={self.written} delivered={self.delivered} "
+            f"duplicates={self.duplicates} missing={len(self.missing)} "
+            f"foreign={len(self.foreign)}"
+        )
 
 
 def audit(records: list[bytes], tag: bytes, written: int) -> Audit:
@@ -83,8 +85,9 @@ def audit(records: list[bytes], tag: bytes, written: int) -> Audit:
     return a
 
 
-def topic_records(broker: Broker, topic: str, at_least: int = 0,
-                  timeout: float = 120) -> list[bytes]:
+def topic_records(
+    broker: Broker, topic: str, at_least: int = 0, timeout: float = 120
+) -> list[bytes]:
     """Every record of ``topic`` once the broker holds at least ``at_least`` of them and
     the count has stopped growing (acks=0: the last batches may still be on their way)."""
     deadline = time.monotonic() + timeout
@@ -99,8 +102,12 @@ def topic_records(broker: Broker, topic: str, at_least: int = 0,
     return [v for p in sorted(parts) for v in parts[p]]
 
 
-def settle(s: Shipper, expect_read: int, timeout: float = 90, quiet: float = 3.0,
-           ) -> dict[str, Any]:
+def settle(
+    s: Shipper,
+    expect_read: int,
+    timeout: float = 90,
+    quiet: float = 3.0,
+) -> dict[str, Any]:
     """Wait until ``expect_read`` lines were read (or reading stopped for ``quiet``
     seconds) and nothing is queued; return the ledger."""
     deadline = time.monotonic() + timeout
@@ -109,8 +116,7 @@ def settle(s: Shipper, expect_read: int, timeout: float = 90, quiet: float = 3.0
         led = s.ledger()
         if led["read"] != last:
             last, since = led["read"], time.monotonic()
-        if led["queued"] == 0 and (led["read"] >= expect_read
-                                   or time.monotonic() - since > quiet):
+        if led["queued"] == 0 and (led["read"] >= expect_read or time.monotonic() - since > quiet):
             return led
         if time.monotonic() > deadline:
             raise AssertionError(f"not settled: {led}\n{s.logs()[-3000:]}")
@@ -142,11 +148,10 @@ class Writer(threading.Thread):
             while not self.halt.is_set():
                 due = int((time.monotonic() - t0) * self.rate)
                 if due > self.written:
-                    data = b"".join(numbered(self.tag, i) + b"\n"
-                                    for i in range(self.written, due))
+                    data = b"".join(numbered(self.tag, i) + b"\n" for i in range(self.written, due))
                     view = memoryview(data)
                     while view:
-                        view = view[os.write(fd, view):]
+                        view = view[os.write(fd, view) :]
                     self.written = due
                 if self.reopen:
                     fd = self._reopened(fd)
@@ -184,7 +189,8 @@ class Logrotate(threading.Thread):
         self.state = workdir / "logrotate.state"
         self.conf.write_text(
             f"{log} {{\n    size 256k\n    rotate 1000\n    {mode}\n"
-            "    nocompress\n    missingok\n}\n")
+            "    nocompress\n    missingok\n}\n"
+        )
         self.interval = interval
         self.runs = 0
         self.failures: list[str] = []
@@ -193,8 +199,12 @@ class Logrotate(threading.Thread):
     def run(self) -> None:
         while not self.halt.is_set():
             assert LOGROTATE is not None
-            r = subprocess.run([LOGROTATE, "-s", str(self.state), str(self.conf)],
-                               capture_output=True, check=False, timeout=30)
+            r = subprocess.run(
+                [LOGROTATE, "-s", str(self.state), str(self.conf)],
+                capture_output=True,
+                check=False,
+                timeout=30,
+            )
             self.runs += 1
             if r.returncode:
                 self.failures.append(r.stderr.decode(errors="replace")[-500:])
@@ -223,18 +233,25 @@ def lines_on_disk(logs: Path, pattern: str, tag: bytes) -> tuple[set[int], set[i
     return found, firsts
 
 
-def rotation_config(kafka: Broker, topic: str, tmp_path: Path, logs: Path,
-                    **over: Any) -> dict[str, Any]:
+def rotation_config(
+    kafka: Broker, topic: str, tmp_path: Path, logs: Path, **over: Any
+) -> dict[str, Any]:
     """A config for logs that rotate quickly: the glob includes rotated names."""
-    return base_config(kafka, topic, tmp_path, [str(logs / "app.log*")],
-                       tail={"rescan_interval": "500ms", "poll_interval": "100ms",
-                             "rotate_wait": "1s"},
-                       queue={"max_lines": 1_000_000, "max_bytes": "256MiB"}, **over)
+    return base_config(
+        kafka,
+        topic,
+        tmp_path,
+        [str(logs / "app.log*")],
+        tail={"rescan_interval": "500ms", "poll_interval": "100ms", "rotate_wait": "1s"},
+        queue={"max_lines": 1_000_000, "max_bytes": "256MiB"},
+        **over,
+    )
 
 
 # -- 1, 2: logrotate under load ----------------------------------------------------------------
-def run_logrotate_under_load(kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start,
-                             mode: str) -> tuple[Audit, dict[str, Any], set[int], set[int]]:
+def run_logrotate_under_load(
+    kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start, mode: str
+) -> tuple[Audit, dict[str, Any], set[int], set[int]]:
     """Write 20,000 lines/s for 30 s while logrotate rotates in ``mode``; return the audit,
     the settled ledger, the numbers of the lines still on disk and of each file's first."""
     logs = tmp_path / "logs"
@@ -256,21 +273,26 @@ def run_logrotate_under_load(kafka: Broker, topic: str, tmp_path: Path, start_sh
     a = audit(records, b"r", written)
     on_disk, firsts = lines_on_disk(logs, "app.log*", b"r")
     rotated = len(list(logs.glob("app.log.*")))
-    print(f"[logrotate {mode}] {a.figures()} rotated_files={rotated} "
-          f"logrotate_runs={rot.runs} logrotate_failures={len(rot.failures)}")
+    print(
+        f"[logrotate {mode}] {a.figures()} rotated_files={rotated} "
+        f"logrotate_runs={rot.runs} logrotate_failures={len(rot.failures)}"
+    )
     dropped = {k: v for k, v in led["dropped"].items() if v}
-    print(f"[logrotate {mode}] dropped={dropped} lost_bytes={led['lost_bytes']} "
-          f"missing_bytes={a.missing_bytes(b'r')} "
-          f"missing_not_on_disk={sum(1 for i in a.missing if i not in on_disk)} "
-          f"events={led['events']}")
+    print(
+        f"[logrotate {mode}] dropped={dropped} lost_bytes={led['lost_bytes']} "
+        f"missing_bytes={a.missing_bytes(b'r')} "
+        f"missing_not_on_disk={sum(1 for i in a.missing if i not in on_disk)} "
+        f"events={led['events']}"
+    )
     assert final["balanced"] is True
     return a, led, on_disk, firsts
 
 
 @pytest.mark.slow
 @needs_logrotate
-def test_logrotate_create_every_line_once(kafka: Broker, topic: str, tmp_path: Path,
-                                          start_shipper: Start) -> None:
+def test_logrotate_create_every_line_once(
+    kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start
+) -> None:
     """logrotate (create, size 256k) every 0.2 s under 20,000 lines/s for 30 s: every line
     arrives exactly once."""
     a, led, _, _ = run_logrotate_under_load(kafka, topic, tmp_path, start_shipper, "create")
@@ -283,13 +305,15 @@ def test_logrotate_create_every_line_once(kafka: Broker, topic: str, tmp_path: P
 
 @pytest.mark.slow
 @needs_logrotate
-def test_logrotate_copytruncate_never_twice(kafka: Broker, topic: str, tmp_path: Path,
-                                            start_shipper: Start) -> None:
+def test_logrotate_copytruncate_never_twice(
+    kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start
+) -> None:
     """logrotate (copytruncate) under the same load: no line twice; a missing line that
     survives on disk is covered by ``truncated_unread``; any other was destroyed by
     logrotate itself, written between its copy and its truncation."""
-    a, led, on_disk, firsts = run_logrotate_under_load(kafka, topic, tmp_path, start_shipper,
-                                                       "copytruncate")
+    a, led, on_disk, firsts = run_logrotate_under_load(
+        kafka, topic, tmp_path, start_shipper, "copytruncate"
+    )
     assert a.duplicates == 0
     # A copy that caught a line half-written ends with its head: shipped once when the
     # copy is closed (partial_lines_flushed), in place of a line lost with the truncation.
@@ -300,7 +324,8 @@ def test_logrotate_copytruncate_never_twice(kafka: Broker, topic: str, tmp_path:
     kept = [i for i in a.missing if i in on_disk]
     kept_bytes = sum(len(numbered(b"r", i)) + 1 for i in kept)
     assert kept_bytes <= led["lost_bytes"].get("truncated_unread", 0), (
-        f"{len(kept)} lines still on disk never arrived, first {kept[:10]}")
+        f"{len(kept)} lines still on disk never arrived, first {kept[:10]}"
+    )
     # The others end where the truncated file starts again: logrotate's own window.
     gone = set(a.missing) - set(kept)
     ends = [i for i in gone if i + 1 not in gone]
@@ -310,8 +335,9 @@ def test_logrotate_copytruncate_never_twice(kafka: Broker, topic: str, tmp_path:
 
 
 # -- 3: a rotated file deleted at once -------------------------------------------------------
-def test_rotated_file_deleted_while_lagging(kafka: Broker, topic: str, tmp_path: Path,
-                                            start_shipper: Start) -> None:
+def test_rotated_file_deleted_while_lagging(
+    kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start
+) -> None:
     """200,000 lines written while the shipper is frozen (SIGSTOP), the file renamed and
     unlinked, a new one created: once it runs again, nothing is lost and none twice."""
     logs = tmp_path / "logs"
@@ -342,8 +368,9 @@ def test_rotated_file_deleted_while_lagging(kafka: Broker, topic: str, tmp_path:
 
 
 # -- 4: identity: truncate-then-rewrite and inode reuse -----------------------------------------
-def test_truncate_then_rewrite_past_old_offset(kafka: Broker, topic: str, tmp_path: Path,
-                                               start_shipper: Start) -> None:
+def test_truncate_then_rewrite_past_old_offset(
+    kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start
+) -> None:
     """Same inode truncated and rewritten longer than before, live and while stopped: the
     new content is read from offset 0 and no line arrives twice."""
     logs = tmp_path / "logs"
@@ -398,16 +425,16 @@ def reuse_inode(directory: Path, ino: int, tries: int = 2000) -> Path | None:
     return hit
 
 
-def test_delete_and_recreate_with_inode_reuse(kafka: Broker, topic: str, tmp_path: Path,
-                                              start_shipper: Start) -> None:
+def test_delete_and_recreate_with_inode_reuse(
+    kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start
+) -> None:
     """A path deleted and recreated on the very same inode, live and while stopped: each
     generation is read once from offset 0, even when longer than the old offset."""
     logs = tmp_path / "logs"
     logs.mkdir()
     log = logs / "app.log"
     append(log, [numbered(b"g1", i) for i in range(100)])
-    cfg = base_config(kafka, topic, tmp_path, [str(logs / "*.log")],
-                      tail={"rotate_wait": "300ms"})
+    cfg = base_config(kafka, topic, tmp_path, [str(logs / "*.log")], tail={"rotate_wait": "300ms"})
     s = start_shipper(cfg)
     s.wait_for(lambda led: led["sent"] == 100, 30, "gen 1")
     ino = log.stat().st_ino
@@ -435,8 +462,9 @@ def test_delete_and_recreate_with_inode_reuse(kafka: Broker, topic: str, tmp_pat
 
 
 # -- 5: a partial line across a restart ------------------------------------------------------
-def test_partial_line_across_restart(kafka: Broker, topic: str, tmp_path: Path,
-                                     start_shipper: Start) -> None:
+def test_partial_line_across_restart(
+    kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start
+) -> None:
     """'partial', SIGTERM, restart, ' line\\n': exactly one record 'partial line'."""
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -458,8 +486,9 @@ def test_partial_line_across_restart(kafka: Broker, topic: str, tmp_path: Path,
 
 # -- 6: many files, few descriptors -----------------------------------------------------------
 @pytest.mark.slow
-def test_500_files_under_a_low_open_files_limit(kafka: Broker, topic: str, tmp_path: Path,
-                                                start_shipper: Start) -> None:
+def test_500_files_under_a_low_open_files_limit(
+    kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start
+) -> None:
     """500 files under RLIMIT_NOFILE 256 with max_open_files 200: every file's lines
     arrive once and the ledger balances."""
     logs = tmp_path / "logs"
@@ -468,12 +497,13 @@ def test_500_files_under_a_low_open_files_limit(kafka: Broker, topic: str, tmp_p
     files = [logs / f"f{i:03d}.log" for i in range(500)]
     for i, f in enumerate(files[:300]):
         append(f, [numbered(b"f%03d" % i, j) for j in range(per)])
-    cfg = base_config(kafka, topic, tmp_path, [str(logs / "*.log")],
-                      tail={"max_open_files": 200})
+    cfg = base_config(kafka, topic, tmp_path, [str(logs / "*.log")], tail={"max_open_files": 200})
     s = start_shipper(cfg, prefix=["prlimit", "--nofile=256:256"])
     limits = Path(f"/proc/{s.proc.pid}/limits").read_text()
-    assert any(ln.startswith("Max open files") and ln.split()[3:5] == ["256", "256"]
-               for ln in limits.splitlines()), limits
+    assert any(
+        ln.startswith("Max open files") and ln.split()[3:5] == ["256", "256"]
+        for ln in limits.splitlines()
+    ), limits
     for i, f in enumerate(files[300:], 300):
         append(f, [numbered(b"f%03d" % i, j) for j in range(per)])
     for i, f in enumerate(files[:100]):  # files closed for room grow again
@@ -496,8 +526,9 @@ def test_500_files_under_a_low_open_files_limit(kafka: Broker, topic: str, tmp_p
 
 # -- 7: a 10 MiB line ---------------------------------------------------------------------------
 @pytest.mark.parametrize("policy", ["truncate", "drop"])
-def test_10mib_line_between_normal_lines(kafka: Broker, topic: str, tmp_path: Path,
-                                         start_shipper: Start, policy: str) -> None:
+def test_10mib_line_between_normal_lines(
+    kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start, policy: str
+) -> None:
     """A 10 MiB line with max_line_bytes 1MiB: its neighbours arrive intact, the policy is
     counted (``lines_truncated`` or ``line_too_long``) and tailing goes on."""
     logs = tmp_path / "logs"
@@ -523,8 +554,10 @@ def test_10mib_line_between_normal_lines(kafka: Broker, topic: str, tmp_path: Pa
     normal = [r for r in records if not r.startswith(b"L")]
     long_ = [r for r in records if r.startswith(b"L")]
     assert normal == before + after + later
-    print(f"[10 MiB line, {policy}] records={len(records)} long records="
-          f"{[len(r) for r in long_]} dropped={led['dropped']} events={led['events']}")
+    print(
+        f"[10 MiB line, {policy}] records={len(records)} long records="
+        f"{[len(r) for r in long_]} dropped={led['dropped']} events={led['events']}"
+    )
     if policy == "truncate":
         assert led["events"].get("lines_truncated") == 1
         # Cut at max_line_bytes, or lower so that one record fits kafka.batch_max_bytes.
@@ -541,8 +574,9 @@ def test_10mib_line_between_normal_lines(kafka: Broker, topic: str, tmp_path: Pa
 
 
 # -- 8: symlinks and permissions --------------------------------------------------------------
-def test_symlink_outside_roots_never_read(kafka: Broker, topic: str, tmp_path: Path,
-                                          start_shipper: Start) -> None:
+def test_symlink_outside_roots_never_read(
+    kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start
+) -> None:
     """With follow_symlinks, a link leading outside the roots is counted and never read; a
     link inside them is read once."""
     logs = tmp_path / "logs"
@@ -568,12 +602,18 @@ def test_symlink_outside_roots_never_read(kafka: Broker, topic: str, tmp_path: P
 
 # Root reads anything; a process whose capability bounding set lacks DAC override cannot
 # read a mode-000 file even as root, while it still reads the checkout it runs from.
-NO_DAC = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search",
-          "--inh-caps", "-dac_override,-dac_read_search"]
+NO_DAC = [
+    "setpriv",
+    "--bounding-set",
+    "-dac_override,-dac_read_search",
+    "--inh-caps",
+    "-dac_override,-dac_read_search",
+]
 
 
-def test_unreadable_file_counted_then_read(kafka: Broker, topic: str, tmp_path: Path,
-                                           start_shipper: Start) -> None:
+def test_unreadable_file_counted_then_read(
+    kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start
+) -> None:
     """A file the process may not read is counted (``open_failed_eacces``), never crashes
     the daemon, and is read once after chmod 644."""
     if os.geteuid() != 0:
@@ -589,10 +629,12 @@ def test_unreadable_file_counted_then_read(kafka: Broker, topic: str, tmp_path: 
     append(locked, [b"locked 0", b"locked 1"])
     locked.chmod(0o000)
     try:
-        s = start_shipper(base_config(kafka, topic, tmp_path, [str(logs / "*.log")]),
-                          prefix=prefix)
-        s.wait_for(lambda led: led["sent"] >= 1
-                   and led["events"].get("open_failed_eacces", 0) >= 1, 30, "EACCES counted")
+        s = start_shipper(base_config(kafka, topic, tmp_path, [str(logs / "*.log")]), prefix=prefix)
+        s.wait_for(
+            lambda led: led["sent"] >= 1 and led["events"].get("open_failed_eacces", 0) >= 1,
+            30,
+            "EACCES counted",
+        )
         time.sleep(0.5)
         assert s.ledger()["read"] == 1
         locked.chmod(0o644)
@@ -608,15 +650,19 @@ def test_unreadable_file_counted_then_read(kafka: Broker, topic: str, tmp_path: 
 def counted_loss(m: dict[str, float]) -> int:
     """File bytes a shipper's metrics say it lost or dropped (a dropped line's newline too)."""
     lost = sum(v for k, v in m.items() if k.startswith("shipper_bytes_lost_total{"))
-    dropped = sum(v for k, v in m.items() if k.startswith(("shipper_bytes_dropped_total{",
-                                                            "shipper_lines_dropped_total{")))
+    dropped = sum(
+        v
+        for k, v in m.items()
+        if k.startswith(("shipper_bytes_dropped_total{", "shipper_lines_dropped_total{"))
+    )
     return int(lost + dropped)
 
 
 @pytest.mark.slow
 @needs_logrotate
-def test_kill_9_thirty_times_during_rotation(kafka: Broker, topic: str, tmp_path: Path,
-                                             start_shipper: Start) -> None:
+def test_kill_9_thirty_times_during_rotation(
+    kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start
+) -> None:
     """kill -9 at random moments, 30 times, while logrotate rotates under load, each
     followed by a restart: no line ever arrives twice, and the bytes of the missing lines
     are covered by what the shipper counted (``lost_on_crash`` and drops)."""
@@ -656,10 +702,12 @@ def test_kill_9_thirty_times_during_rotation(kafka: Broker, topic: str, tmp_path
     assert s.final_ledger()["balanced"] is True
     records = topic_records(kafka, topic, 0)
     a = audit(records, b"k", written)
-    print(f"[kill -9 x30] seed={seed} {a.figures()} missing_bytes={a.missing_bytes(b'k')} "
-          f"counted_bytes={counted} lost_bytes={dict(lost)} "
-          f"rotated_files={len(list(logs.glob('app.log.*')))} "
-          f"seconds={time.monotonic() - t0:.0f}")
+    print(
+        f"[kill -9 x30] seed={seed} {a.figures()} missing_bytes={a.missing_bytes(b'k')} "
+        f"counted_bytes={counted} lost_bytes={dict(lost)} "
+        f"rotated_files={len(list(logs.glob('app.log.*')))} "
+        f"seconds={time.monotonic() - t0:.0f}"
+    )
     assert a.duplicates == 0
     assert a.foreign == []
     assert a.missing_bytes(b"k") <= counted
@@ -671,8 +719,11 @@ def fixture_small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 64 KiB tmpfs mounted for the test (skipped where mounting is not allowed)."""
     mnt = tmp_path / "small"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
-                       capture_output=True, check=False)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+        capture_output=True,
+        check=False,
+    )
     if r.returncode:
         pytest.skip(f"cannot mount a tmpfs: {r.stderr.decode().strip()}")
     try:
@@ -694,23 +745,32 @@ def fill(path: Path) -> None:
                 return
 
 
-def test_registry_on_a_full_filesystem(kafka: Broker, topic: str, tmp_path: Path,
-                                       small_fs: Path, start_shipper: Start) -> None:
+def test_registry_on_a_full_filesystem(
+    kafka: Broker, topic: str, tmp_path: Path, small_fs: Path, start_shipper: Start
+) -> None:
     """Registry on a full filesystem: lines are dropped ``registry_unwritable``, /health
     says degraded, nothing arrives twice, and once space is back it recovers by itself."""
     logs = tmp_path / "logs"
     logs.mkdir()
     append(logs / "app.log", [numbered(b"before", 0)])
-    cfg = base_config(kafka, topic, tmp_path, [str(logs / "*.log")],
-                      registry={"path": str(small_fs / "registry.json")})
+    cfg = base_config(
+        kafka,
+        topic,
+        tmp_path,
+        [str(logs / "*.log")],
+        registry={"path": str(small_fs / "registry.json")},
+    )
     s = start_shipper(cfg)
     s.wait_for(lambda led: led["sent"] == 1, 30, "first line")
     assert s.health()[1]["status"] == "running"
     fill(small_fs / "filler")
     new = logs / "new.log"  # a new file needs a registry write before its lines go
     append(new, [numbered(b"full", i) for i in range(50)])
-    led = s.wait_for(lambda led: led["dropped"].get("registry_unwritable", 0) == 50, 30,
-                     "registry_unwritable drops")
+    led = s.wait_for(
+        lambda led: led["dropped"].get("registry_unwritable", 0) == 50,
+        30,
+        "registry_unwritable drops",
+    )
     code, doc = s.health()
     assert (code, doc["status"], doc["registry_writable"]) == (200, "degraded", False)
     (small_fs / "filler").unlink()

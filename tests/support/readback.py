@@ -63,8 +63,9 @@ def end_offsets(bootstrap: str, topic: str, timeout: float = 10.0) -> dict[int, 
         _close(c)
 
 
-def read_topic(bootstrap: str, topic: str, timeout: float = 30.0,
-               expect: int | None = None) -> dict[int, list[bytes]]:
+def read_topic(
+    bootstrap: str, topic: str, timeout: float = 30.0, expect: int | None = None
+) -> dict[int, list[bytes]]:
     """Return every record value of ``topic`` by partition, in offset order.
 
     Reads up to the end offsets seen at the start (or until ``expect`` records, if given,
