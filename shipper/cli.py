@@ -1,6 +1,7 @@
 """Argument parsing and exit codes; nothing else.
 
-Exit codes: 0 success, 1 runtime failure, 2 invalid configuration or usage.
+Exit codes: 0 success, 1 runtime failure (or unhealthy, for `health`), 2 invalid
+configuration or usage.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ __all__ = ["main"]
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
+DEFAULT_CONFIG = "/etc/shipper/shipper.yaml"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,7 +31,44 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", required=True, metavar="FILE", help="YAML config file")
     val = sub.add_parser("validate", help="check a config file and exit (0 valid, 2 invalid)")
     val.add_argument("-c", "--config", required=True, metavar="FILE", help="YAML config file")
+    health = sub.add_parser(
+        "health",
+        help="ask a running shipper's /health (exit 0 when healthy, 1 otherwise)",
+        description="GET /health on the address the config's metrics.listen gives "
+        "(container HEALTHCHECK, scripts).",
+    )
+    health.add_argument(
+        "-c", "--config", default=DEFAULT_CONFIG, metavar="FILE", help="YAML config file"
+    )
+    health.add_argument("--timeout", type=float, default=4.0, help="seconds (default 4)")
     return p
+
+
+def _health(listen: str, timeout: float) -> int:
+    """GET /health on ``listen`` (a wildcard host means this host); 0 if it answers 200."""
+    import json  # noqa: PLC0415
+    import urllib.error  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104
+    url = f"http://[{host}]:{port}/health" if ":" in host else f"http://{host}:{port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310  # http only
+            body = r.read(65536)
+            code = r.status
+    except urllib.error.HTTPError as e:
+        body, code = e.read(65536), e.code
+    except OSError as e:
+        sys.stderr.write(f"shipper health: {url}: {e}\n")
+        return EXIT_FAILURE
+    try:
+        status = json.loads(body).get("status", "?")
+    except ValueError:
+        status = "?"
+    sys.stdout.write(f"{url}: {code} {status}\n")
+    return EXIT_OK if code == 200 else EXIT_FAILURE
 
 
 def _report(err: ConfigError) -> int:
@@ -47,6 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config.load(args.config)
     except ConfigError as err:
         return _report(err)
+    if args.command == "health":
+        if not cfg.metrics.enabled:
+            sys.stderr.write("shipper health: metrics.enabled is false: no /health to ask\n")
+            return EXIT_FAILURE
+        return _health(cfg.metrics.listen, args.timeout)
+    for warning in cfg.warnings:
+        sys.stderr.write(f"config warning: {warning}\n")
     if args.command == "validate":
         sys.stdout.write(f"{args.config}: ok\n")
         return EXIT_OK

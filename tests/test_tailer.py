@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from shipper.chunk import Chunk
-from shipper.config import InputConfig, TailConfig
+from shipper.config import InputConfig, TailConfig, build
 from shipper.ledger import Ledger
 from shipper.log import get_logger
 from shipper.tail import Registry, Tailer
@@ -66,7 +66,7 @@ class Harness:
         )
         self.registry = Registry(str(self.state / "registry.json"), 4096, 3600)
         self.tailer = Tailer(
-            [InputConfig(**self.input_kw)],
+            [build(InputConfig, **self.input_kw)],
             cfg,
             registry=self.registry,
             offer=self.sink.offer,

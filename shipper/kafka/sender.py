@@ -9,7 +9,6 @@ dropped (``kafka_unavailable``).
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 import zlib
@@ -147,11 +146,11 @@ class KafkaSender:
         cfg = self._cfg
         take = self._queue.take
         max_bytes, max_lines = cfg.batch_max_bytes, cfg.batch_max_lines
-        by_file = cfg.partition_by == "file"
+        by_file = cfg.key == "path"
         group = _by_path if by_file else None
         key: int | None = None
-        if cfg.partition_by == "host":
-            key = zlib.crc32(socket.gethostname().encode())
+        if cfg.key == "host":
+            key = zlib.crc32(cfg.host.encode())
         while True:
             draining = self._stopping.is_set()
             if draining and time.monotonic() >= self._stop_deadline[0]:
