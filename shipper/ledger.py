@@ -13,7 +13,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
-__all__ = ["DROP_REASONS", "Ledger", "Snapshot"]
+__all__ = ["DROP_REASONS", "LOST_REASONS", "SKIP_REASONS", "Ledger", "Snapshot"]
 
 #: Every reason a line can be dropped, each documented in the README.
 DROP_REASONS = (
@@ -23,7 +23,14 @@ DROP_REASONS = (
     "registry_unwritable",
     "shutdown",
     "sender_error",
+    "reload",
 )
+
+#: Reasons for file bytes never read as lines (``lost_bytes``), each documented in the README.
+LOST_REASONS = ("truncated_unread", "lost_on_crash", "deleted_unread", "registry_reset")
+#: Reasons for file bytes not read because they are known to be read already, or not wanted
+#: (``skipped_bytes``), each documented in the README.
+SKIP_REASONS = ("copy", "copy_resumed", "start_at_end")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +48,7 @@ class Snapshot:
     events: dict[str, int] = field(default_factory=dict)
     bytes_lost: dict[str, int] = field(default_factory=dict)
     gauges: dict[str, float] = field(default_factory=dict)
+    bytes_skipped: dict[str, int] = field(default_factory=dict)
 
     @property
     def dropped_total(self) -> int:
@@ -63,6 +71,7 @@ class Snapshot:
             "bytes_read": self.read_bytes,
             "bytes_sent": self.sent_bytes,
             "bytes_lost": {k: v for k, v in self.bytes_lost.items() if v},
+            "bytes_skipped": {k: v for k, v in self.bytes_skipped.items() if v},
             "balanced": self.balanced,
         }
 
@@ -79,6 +88,7 @@ class Ledger:
         self._dropped_bytes: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self._events: Counter[str] = Counter()
         self._lost: Counter[str] = Counter()
+        self._skipped: Counter[str] = Counter()
         self._gauges: dict[str, float] = {}
 
     # -- transitions of lines ------------------------------------------------------------
@@ -132,9 +142,15 @@ class Ledger:
             self._events[name] += n
 
     def lost_bytes(self, reason: str, nbytes: int) -> None:
-        """Count bytes that were never read as lines (``truncated_unread``, ``lost_on_crash``)."""
+        """Count bytes that were never read as lines (``LOST_REASONS``)."""
         with self._lock:
             self._lost[reason] += nbytes
+
+    def skipped_bytes(self, reason: str, nbytes: int) -> None:
+        """Count file bytes not read on purpose: known to be read already from another file
+        (``copy``, ``copy_resumed``) or not wanted (``start_at_end``)."""
+        with self._lock:
+            self._skipped[reason] += nbytes
 
     def set_gauge(self, name: str, value: float) -> None:
         """Set a gauge (``files_watched``...)."""
@@ -156,4 +172,5 @@ class Ledger:
                 events=dict(self._events),
                 bytes_lost=dict(self._lost),
                 gauges=dict(self._gauges),
+                bytes_skipped=dict(self._skipped),
             )

@@ -1,16 +1,78 @@
-"""structlog setup (JSON or console to stdout) and a rate limiter for repeated warnings."""
+"""structlog setup (JSON or console to stdout) and a rate limiter for repeated warnings.
+
+Writing a log line never fails: when stdout is closed (``shipper run | head -1``), broken or
+on a full disk, the line is dropped and counted (``log_lines_dropped``), and the thread that
+logged goes on.
+"""
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["RateLimiter", "configure", "get_logger"]
+__all__ = ["RateLimiter", "SafeLogger", "configure", "get_logger", "log_lines_dropped"]
+
+_dropped = 0  # log lines that could not be written, since the process started
+
+
+def log_lines_dropped() -> int:
+    """Log lines dropped because they could not be written."""
+    return _dropped
+
+
+class SafeLogger:
+    """A structlog logger that writes one line per call to a file descriptor and drops (and
+    counts) a line it cannot write, instead of raising in the caller's thread."""
+
+    def __init__(self, file: TextIO | None = None) -> None:
+        self._file = file if file is not None else sys.stdout
+        try:
+            self._fd: int | None = self._file.fileno()
+        except (OSError, ValueError):  # not backed by a descriptor (a test's capture)
+            self._fd = None
+        self._lock = threading.Lock()
+        self._broken = False  # the reader is gone for good (EPIPE): stop trying
+
+    def _out(self, message: str) -> None:
+        global _dropped  # noqa: PLW0603  # one process-wide counter, read by /metrics
+        data = message.encode("utf-8", "replace") + b"\n"
+        with self._lock:
+            if self._broken:
+                _dropped += 1
+                return
+            try:
+                if self._fd is None:
+                    self._file.write(message + "\n")
+                    self._file.flush()
+                    return
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._fd, view) :]
+            except OSError as exc:  # EPIPE, ENOSPC, EIO, EBADF ...
+                _dropped += 1
+                if exc.errno in (errno.EPIPE, errno.EBADF):
+                    self._broken = True
+            except ValueError:  # the file object was closed
+                _dropped += 1
+                self._broken = True
+
+    msg = debug = info = warning = warn = error = critical = exception = fatal = failure = _out
+
+
+class _SafeLoggerFactory:
+    def __init__(self, file: TextIO) -> None:
+        self._logger = SafeLogger(file)
+
+    def __call__(self, *args: Any) -> SafeLogger:
+        return self._logger
+
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -39,7 +101,7 @@ def configure(level: str = "info", fmt: str = "json") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        logger_factory=_SafeLoggerFactory(sys.stdout),
         cache_logger_on_first_use=False,
     )
 

@@ -12,7 +12,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from shipper.ledger import Ledger
+from shipper.ledger import LOST_REASONS, SKIP_REASONS, Ledger
+from shipper.log import log_lines_dropped
 
 __all__ = ["MetricsServer"]
 
@@ -53,9 +54,22 @@ class _LedgerCollector(Collector):
         lost = CounterMetricFamily(
             "shipper_bytes_lost", "File bytes never read as lines, by reason.", labels=["reason"]
         )
-        for reason in ("truncated_unread", "lost_on_crash"):
+        for reason in sorted({*LOST_REASONS, *s.bytes_lost}):
             lost.add_metric([reason], s.bytes_lost.get(reason, 0))
         yield lost
+        skipped = CounterMetricFamily(
+            "shipper_bytes_skipped",
+            "File bytes not read on purpose (already read from another file, or start_at end).",
+            labels=["reason"],
+        )
+        for reason in sorted({*SKIP_REASONS, *s.bytes_skipped}):
+            skipped.add_metric([reason], s.bytes_skipped.get(reason, 0))
+        yield skipped
+        yield CounterMetricFamily(
+            "shipper_log_lines_dropped",
+            "Log lines that could not be written (closed stdout, full disk).",
+            value=log_lines_dropped(),
+        )
         ev = CounterMetricFamily(
             "shipper_events", "Tail and sender events, by name.", labels=["event"]
         )
