@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "ShipperError"]
+__all__ = ["ConfigError", "RegistryLockedError", "ShipperError"]
 
 
 class ShipperError(Exception):
@@ -15,3 +15,16 @@ class ConfigError(ShipperError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+class RegistryLockedError(ShipperError):
+    """Another process holds the registry's lock: two owners would send lines twice."""
+
+    def __init__(self, path: str, pid: int | None) -> None:
+        holder = f"process {pid}" if pid else "another process"
+        super().__init__(
+            f"registry {path} is in use by {holder} (lock file {path}.lock); "
+            "one shipper per registry.path"
+        )
+        self.path = path
+        self.pid = pid
