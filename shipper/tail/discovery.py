@@ -1,24 +1,27 @@
-"""Which files to tail: glob matching, periodic rescans, and thin watchdog handlers.
+"""Which files to tail: glob matching, directory scans, and thin watchdog handlers.
 
-Watchdog handlers run on the observer's thread and only record which path changed; the
-tailer's own thread does every stat and read. Directories that cannot be watched (inotify
-limits, or a directory that does not exist yet) are covered by the poll and the rescan,
-and counted.
+Watchdog handlers run on the observer's thread and only record which path changed (and
+whether it was created, deleted or moved away); the tailer's own thread does every stat and
+read. A scan walks the directories a glob can reach with ``os.scandir`` and reports what it
+could not list. Directories that cannot be watched (inotify limits, permissions, or a
+directory that does not exist yet) are reported too: the tailer polls them instead.
 """
 
 from __future__ import annotations
 
-import glob
+import contextlib
 import os
 import re
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
+from watchdog.observers.api import BaseObserver, ObservedWatch
 
-__all__ = ["ChangeSet", "Matcher", "Watcher", "base_dir", "glob_to_regex"]
+__all__ = ["ChangeSet", "Changes", "Matcher", "Scan", "Watcher", "base_dir", "glob_to_regex"]
 
 _MAGIC = re.compile(r"[*?\[]")
 
@@ -72,12 +75,44 @@ def base_dir(pattern: str) -> tuple[str, bool]:
     return root, "/" in rest or "**" in rest
 
 
+@dataclass
+class Scan:
+    """What one scan found: matching paths (files, links and anything else that is not a
+    directory the glob walks through), directories it could not list (path -> error),
+    directories it did list, and directory links that lead back into the walk (loops)."""
+
+    paths: set[str] = field(default_factory=set)
+    unreadable: dict[str, str] = field(default_factory=dict)
+    listed: set[str] = field(default_factory=set)
+    loops: set[str] = field(default_factory=set)
+
+
+def _join(d: str, name: str) -> str:
+    return d + name if d.endswith("/") else f"{d}/{name}"
+
+
+class _Pattern:
+    """One include glob, split at its wildcard-free root into components to walk."""
+
+    def __init__(self, pattern: str) -> None:
+        self.root, _ = base_dir(pattern)
+        rest = pattern[len(self.root) :].lstrip("/")
+        # A literal name, a compiled component glob, or None for ** (any depth from here on).
+        self.parts: list[str | re.Pattern[str] | None] = []
+        for comp in rest.split("/"):
+            if "**" in comp:
+                self.parts.append(None)
+                break
+            self.parts.append(glob_to_regex(comp) if _MAGIC.search(comp) else comp)
+
+
 class Matcher:
     """Include and exclude globs of one input."""
 
     def __init__(self, paths: Iterable[str], exclude: Iterable[str]) -> None:
         self.patterns = list(paths)
         self._include = [glob_to_regex(p) for p in self.patterns]
+        self._walks = [_Pattern(p) for p in self.patterns]
         self._exclude_full = [glob_to_regex(p) for p in exclude if "/" in p]
         self._exclude_base = [glob_to_regex(p) for p in exclude if "/" not in p]
         self.roots = sorted({base_dir(p)[0] for p in self.patterns})
@@ -91,14 +126,98 @@ class Matcher:
         name = os.path.basename(path)
         return not any(r.match(name) for r in self._exclude_base)
 
-    def scan(self) -> set[str]:
-        """Expand the include globs now; return matching regular-file paths (or links)."""
-        found: set[str] = set()
-        for p in self.patterns:
-            for hit in glob.iglob(p, recursive=True):
-                if self.matches(hit):
-                    found.add(hit)
-        return found
+    def scan(self, out: Scan | None = None) -> Scan:
+        """Walk the directories the include globs reach; return matching paths and the
+        directories that could not be listed."""
+        out = out if out is not None else Scan()
+        for walk in self._walks:
+            self._walk(walk, out)
+        return out
+
+    def _walk(self, walk: _Pattern, out: Scan) -> None:
+        """Visit the directories the glob reaches; ``**`` follows links to directories, once
+        each (a link back into the walk is a loop, reported, not followed)."""
+        last = len(walk.parts) - 1
+        visited: set[tuple[int, int]] = set()
+        if walk.parts[0] is None:
+            self._first_visit(walk.root, visited)
+
+        def descend(path: str, i: int) -> bool:
+            # Entering ** marks the directory visited: a link back to it is a loop.
+            return walk.parts[i + 1] is not None or self._first_visit(path, visited)
+
+        todo: list[tuple[str, int]] = [(walk.root, 0)]
+        while todo:
+            d, i = todo.pop()
+            part = walk.parts[i]
+            if isinstance(part, str):  # a literal name: no need to list the directory
+                path = _join(d, part)
+                if i < last:
+                    if os.path.isdir(path) and descend(path, i):
+                        todo.append((path, i + 1))
+                elif os.path.lexists(path) and self.matches(path):
+                    out.paths.add(path)
+            elif part is None:
+                todo.extend((sub, i) for sub in self._deep(d, out, visited))
+            else:
+                for entry in self._list(d, out):
+                    if part.match(entry.name):
+                        path = _join(d, entry.name)
+                        if i == last:
+                            self._found(path, out)
+                        elif self._is_dir(entry) and descend(path, i):
+                            todo.append((path, i + 1))
+
+    def _found(self, path: str, out: Scan) -> None:
+        if self.matches(path):
+            out.paths.add(path)
+
+    def _deep(self, d: str, out: Scan, visited: set[tuple[int, int]]) -> list[str]:
+        """Under ``**``: every file of ``d`` tested whole; return its subdirectories."""
+        subs = []
+        for entry in self._list(d, out):
+            path = _join(d, entry.name)
+            if not self._is_dir(entry):
+                if self.matches(path):
+                    out.paths.add(path)
+            elif self._first_visit(path, visited):
+                subs.append(path)
+            else:
+                out.loops.add(path)
+        return subs
+
+    @staticmethod
+    def _list(d: str, out: Scan) -> list[os.DirEntry[str]]:
+        """The entries of ``d``; a directory that cannot be listed is reported in ``out``."""
+        try:
+            with os.scandir(d) as it:
+                entries = list(it)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            out.unreadable[d] = exc.strerror or str(exc)
+            return []
+        out.listed.add(d)
+        return entries
+
+    @staticmethod
+    def _is_dir(entry: os.DirEntry[str]) -> bool:
+        try:
+            return entry.is_dir()
+        except OSError:
+            return False
+
+    @staticmethod
+    def _first_visit(path: str, visited: set[tuple[int, int]]) -> bool:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        ident = (st.st_dev, st.st_ino)
+        if ident in visited:
+            return False
+        visited.add(ident)
+        return True
 
     def inside_roots(self, real: str) -> bool:
         """True if the resolved path ``real`` lies under one of this input's root dirs."""
@@ -109,13 +228,29 @@ class Matcher:
         return False
 
 
+class Changes(NamedTuple):
+    """What watchdog reported since the last drain: every path touched, and among them the
+    ones created, deleted, and moved away."""
+
+    paths: set[str]
+    created: set[str]
+    deleted: set[str]
+    moved_away: set[str]
+
+
 class ChangeSet:
     """Paths reported changed by watchdog, handed from the observer thread to the tailer."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._paths: set[str] = set()
+        self._fresh()
         self.event = threading.Event()
+
+    def _fresh(self) -> None:
+        self._paths: set[str] = set()
+        self._created: set[str] = set()
+        self._deleted: set[str] = set()
+        self._moved: set[str] = set()
 
     def add(self, *paths: str) -> None:
         """Record changed paths and wake the tailer."""
@@ -123,38 +258,65 @@ class ChangeSet:
             self._paths.update(paths)
         self.event.set()
 
-    def drain(self) -> set[str]:
-        """Return and clear the changed paths."""
+    def record(self, kind: str, src: str, dest: str = "") -> None:
+        """Record one watchdog event (``created``, ``deleted``, ``moved``, ...)."""
         with self._lock:
-            out, self._paths = self._paths, set()
+            self._paths.add(src)
+            if dest:
+                self._paths.add(dest)
+            if kind == "created":
+                self._created.add(src)
+            elif kind == "deleted":
+                self._deleted.add(src)
+            elif kind == "moved":
+                self._moved.add(src)
+                self._created.add(dest)
+        self.event.set()
+
+    def drain(self) -> Changes:
+        """Return and clear what was recorded."""
+        with self._lock:
+            out = Changes(self._paths, self._created, self._deleted, self._moved)
+            self._fresh()
         self.event.clear()
         return out
 
 
+def _text(path: str | bytes) -> str:
+    return path if isinstance(path, str) else os.fsdecode(path)
+
+
 class _Handler(FileSystemEventHandler):
-    """Only records the path; never reads or stats (that is the tailer's job)."""
+    """Only records the path and the kind of event; never reads or stats (that is the
+    tailer's job)."""
 
     def __init__(self, changes: ChangeSet) -> None:
         self._changes = changes
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory and event.event_type not in ("created", "moved"):
+            self._changes.add(_text(event.src_path))
+            return
         dest = getattr(event, "dest_path", "")
-        src = event.src_path if isinstance(event.src_path, str) else os.fsdecode(event.src_path)
-        if dest:
-            self._changes.add(src, dest if isinstance(dest, str) else os.fsdecode(dest))
-        else:
-            self._changes.add(src)
+        self._changes.record(event.event_type, _text(event.src_path), _text(dest) if dest else "")
 
 
 class Watcher:
-    """Owns the watchdog observer and the set of directories under watch."""
+    """Owns the watchdog observer and the set of directories under watch.
+
+    When the observer cannot be created (the inotify instance limit) or a directory cannot
+    be watched (the watch limit, permissions), ``failed`` says why; the tailer polls those
+    directories, and every ``ensure`` tries again.
+    """
 
     def __init__(self, changes: ChangeSet) -> None:
         self._changes = changes
         self._observer: BaseObserver | None = None
         self._handler = _Handler(changes)
-        self._watched: dict[str, bool] = {}
+        self._watched: dict[str, tuple[bool, ObservedWatch]] = {}
+        self._started = False
         self.failed: dict[str, str] = {}
+        self.unavailable: str | None = None  # why there is no observer at all
 
     def start(self) -> None:
         """Start the observer threads; call before ``ensure``.
@@ -162,26 +324,69 @@ class Watcher:
         watchdog's observer starts a thread as it is built, so it is built here and not in
         the constructor: threads start only in ``start`` (the daemon masks signals there).
         """
-        self._observer = Observer()
-        self._observer.daemon = True
-        self._observer.start()
+        self._started = True
+        self._new_observer()
+
+    def _new_observer(self) -> bool:
+        try:
+            observer = Observer()
+            observer.name = "shipper-watcher"
+            observer.daemon = True
+            observer.start()
+        except OSError as exc:  # the inotify instance limit: poll instead
+            self.unavailable = exc.strerror or str(exc)
+            return False
+        self._observer = observer
+        self.unavailable = None
+        return True
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The observer thread (for supervision)."""
+        return self._observer
 
     def ensure(self, directory: str, recursive: bool) -> bool:
         """Watch ``directory`` if it exists and is not watched yet; False if it cannot be."""
-        if self._watched.get(directory) is not None and (self._watched[directory] or not recursive):
-            return True
-        if self._observer is None:
+        if not self._started:
             raise RuntimeError("Watcher.ensure before Watcher.start")
+        known = self._watched.get(directory)
+        if known is not None and (known[0] or not recursive):
+            if self._alive(known[1]):
+                return True
+            # Its emitter stopped (the directory was deleted): watch it again if it is back.
+            self._drop(directory)
         if not os.path.isdir(directory):
             return False
+        if self._observer is None and not self._new_observer():
+            self.failed[directory] = f"no inotify: {self.unavailable}"
+            return False
+        assert self._observer is not None
         try:
-            self._observer.schedule(self._handler, directory, recursive=recursive)
+            watch = self._observer.schedule(self._handler, directory, recursive=recursive)
         except OSError as exc:  # inotify watch limit, permissions: poll covers it
             self.failed[directory] = exc.strerror or str(exc)
             return False
-        self._watched[directory] = recursive
+        if known is not None:
+            self._drop(directory)
+        self._watched[directory] = (recursive, watch)
         self.failed.pop(directory, None)
         return True
+
+    def _alive(self, watch: ObservedWatch) -> bool:
+        observer = self._observer
+        if observer is None:
+            return False
+        return any(e.watch == watch and e.is_alive() for e in list(observer.emitters))
+
+    def _drop(self, directory: str) -> None:
+        _, watch = self._watched.pop(directory)
+        if self._observer is not None:
+            with contextlib.suppress(KeyError, OSError):  # already gone with its emitter
+                self._observer.unschedule(watch)
+
+    def watching(self, directory: str) -> bool:
+        """True while ``directory`` is under watch."""
+        return directory in self._watched
 
     @property
     def watched(self) -> int:
@@ -192,4 +397,5 @@ class Watcher:
         """Stop and join the observer thread."""
         if self._observer is not None:
             self._observer.stop()
-            self._observer.join(timeout=5)
+            if self._observer.is_alive():
+                self._observer.join(timeout=5)
