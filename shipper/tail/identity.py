@@ -5,6 +5,8 @@ A file is its device and inode plus a hash of its first ``fingerprint_bytes``. T
 inode reuse, delete-and-recreate and truncate-then-rewrite (new content) apart from growth.
 When a file is truncated, what it held is remembered for ``rotate_wait``: a new file whose
 fingerprint matches is copytruncate's copy and is read from where the truncated file stopped.
+A new file is taken for a copy of a file being read only on proof (``is_copy_of``: the same
+first bytes, no larger, and the same bytes where it ends); equal first bytes alone are not.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from shipper.ledger import Ledger
 if TYPE_CHECKING:
     from shipper.tail.reader import FileReader
 
-__all__ = ["DEFER", "Copies", "fingerprint", "line_start"]
+__all__ = ["DEFER", "Copies", "fingerprint", "is_copy_of", "line_start", "same_tail"]
 
 #: ``Copies.match`` result: look at this file again later.
 DEFER: Literal["defer"] = "defer"
@@ -48,9 +50,34 @@ def line_start(fd: int, off: int, size: int) -> tuple[int, bool]:
     return off, True
 
 
+def same_tail(fd_a: int, fd_b: int, size: int, window: int = 4096) -> bool:
+    """True when two files hold the same bytes in the ``window`` bytes before ``size``."""
+    at = max(size - window, 0)
+    try:
+        return os.pread(fd_a, size - at, at) == os.pread(fd_b, size - at, at)
+    except OSError:
+        return False
+
+
+def is_copy_of(fd: int, size: int, head: bytes, of_fd: int, of_size: int) -> bool:
+    """True when the file on ``fd`` (``size`` bytes starting with ``head``) holds what the
+    file on ``of_fd`` holds in its first ``size`` bytes: the same beginning, no longer, and
+    the same bytes where the copy ends. Equal first bytes alone prove nothing (two logs may
+    start with the same header; a sparse file may start like another)."""
+    if size > of_size:
+        return False
+    try:
+        if os.pread(of_fd, len(head), 0) != head:
+            return False
+    except OSError:
+        return False
+    return size <= len(head) or same_tail(fd, of_fd, size)
+
+
 @dataclass(slots=True)
 class _Orphan:
-    """The identity a file had before it was truncated, and where we were in it."""
+    """The identity a file had before it was truncated (or rewritten while we were away),
+    and where we were in it."""
 
     fp_len: int
     fp: str
@@ -60,7 +87,9 @@ class _Orphan:
 
 
 class Copies:
-    """Remembers truncated files so that copytruncate's copy is read from where we stopped."""
+    """Remembers truncated files so that copytruncate's copy is read from where we stopped,
+    and recognises copies of files being read. Every byte not read because it was read
+    from the original is counted (``bytes_skipped``)."""
 
     def __init__(self, rotate_wait: float, ledger: Ledger, warn: Callable[..., None]) -> None:
         self._rotate_wait = rotate_wait
@@ -78,16 +107,19 @@ class Copies:
         """``path`` was opened: it no longer waits."""
         self._pending.pop(path, None)
 
-    def truncated(self, fp_len: int, fp: str, offset: int, unread: int) -> None:
-        """A file with fingerprint ``fp`` was truncated after we read it up to ``offset``,
-        with ``unread`` bytes seen in it but not read."""
+    def truncated(
+        self, fp_len: int, fp: str, offset: int, unread: int, keep: float | None = None
+    ) -> None:
+        """A file with fingerprint ``fp`` was truncated (or found rewritten) after we read it
+        up to ``offset``, with ``unread`` bytes seen in it but not read; remember it for
+        ``keep`` seconds (default ``rotate_wait``)."""
         self._orphans.append(
             _Orphan(
                 fp_len=fp_len,
                 fp=fp,
                 offset=offset,
                 lost=unread,
-                expires=time.monotonic() + self._rotate_wait,
+                expires=time.monotonic() + (self._rotate_wait if keep is None else keep),
             )
         )
         # Copies that waited for this truncation may now be read from where we stopped.
@@ -95,16 +127,17 @@ class Copies:
             self._pending[path] = 0.0
 
     def match(
-        self, path: str, fp_len: int, fp: str, size: int, readers: Iterable[FileReader]
+        self, path: str, head: bytes, size: int, fd: int, readers: Iterable[FileReader]
     ) -> int | Literal["defer"] | None:
-        """Where to start reading a new file at ``path`` that may be a copy of a known one:
-        an offset, ``DEFER`` to look again later, or None when it is no copy."""
-        if fp_len == 0:
+        """Where to start reading a new file at ``path`` (on ``fd``, ``size`` bytes starting
+        with ``head``) that may be a copy of a known one: an offset, ``DEFER`` to look again
+        later, or None when it is no copy."""
+        if not head:
             # Nothing to tell it by yet (copytruncate's copy is empty when created): look
             # again once it has bytes, or copied content would be read as new.
             return DEFER
         for o in self._orphans:
-            if o.fp_len == fp_len and o.fp == fp:
+            if o.fp_len <= len(head) and fingerprint(head[: o.fp_len]) == o.fp:
                 self._orphans.remove(o)
                 self._ledger.event("copy_resumed")
                 # The copy ends before what we read when the app wrote between the copy and
@@ -114,25 +147,45 @@ class Copies:
                 if lost > 0:
                     self._ledger.lost_bytes("truncated_unread", lost)
                     self._warn("bytes_lost", reason="truncated_unread", bytes=lost)
-                return min(o.offset, size)
+                start = min(o.offset, size)
+                self._ledger.skipped_bytes("copy_resumed", start)
+                return start
         for r in readers:
-            if r.rotated or r.path == path or r.entry.fp_len < fp_len:
+            if r.rotated or r.path == path:
                 continue
-            same = r.entry.fp_len == fp_len and r.entry.fp == fp
-            if not same:
-                try:
-                    same = fingerprint(os.pread(r.fd, fp_len, 0)) == fp
-                except OSError:
-                    same = False
-            if same:
-                # A copy of a file we are reading (copytruncate's first step): wait for the
-                # truncation so the copy is read exactly from where we stopped.
+            try:
+                of_size = os.fstat(r.fd).st_size
+            except OSError:
+                continue
+            e = r.entry
+            if (
+                of_size < max(r.read_off, r.size_seen)
+                and 0 < e.fp_len <= len(head)
+                and fingerprint(head[: e.fp_len]) == e.fp
+            ):
+                # It starts like what ``r`` held before a truncation we have not handled
+                # yet: the truncation turns it into a known orphan in a moment.
                 give_up = self._pending.setdefault(path, time.monotonic() + self._rotate_wait)
                 if time.monotonic() < give_up:
                     return DEFER
-                self._ledger.event("copy_skipped")
+                continue
+            if is_copy_of(fd, size, head, r.fd, of_size):
+                # A copy of a file we are reading (copytruncate's first step): wait for the
+                # truncation so the copy is read exactly from where we stopped. Without one,
+                # it is a plain copy: every byte of it is read from the original.
+                give_up = self._pending.setdefault(path, time.monotonic() + self._rotate_wait)
+                if time.monotonic() < give_up:
+                    return DEFER
+                self._pending.pop(path, None)
+                self.skipped(path, size, of=r.path)
                 return size
         return None
+
+    def skipped(self, path: str, size: int, of: str) -> None:
+        """Count a copy of a known file not read (its bytes are read from ``of``)."""
+        self._ledger.event("copy_skipped")
+        self._ledger.skipped_bytes("copy", size)
+        self._warn("copy_skipped", path=path, bytes=size, copy_of=of)
 
     def expire(self, now: float) -> None:
         """Count truncation losses no copy turned up for; forget stale pending copies."""
