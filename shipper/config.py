@@ -24,7 +24,9 @@ from shipper.errors import ConfigError
 from shipper.kafka.encode import CODEC_MODULES, LINE_ROOM, codec_installed
 
 __all__ = [
+    "FAULT_THREADS",
     "KUBERNETES_ENV",
+    "TEST_FAULTS_ENV",
     "Config",
     "InputConfig",
     "KafkaConfig",
@@ -52,6 +54,17 @@ MAX_FILE_BYTES = 1024 * 1024
 #: Most YAML aliases (``*name``) and deepest nesting accepted (checked before expansion).
 MAX_ALIASES = 64
 MAX_DEPTH = 32
+
+#: Test only: a comma-separated list of worker threads (FAULT_THREADS) that the daemon
+#: breaks, once each, when it receives SIGUSR2. Unset in production, where it is inert.
+TEST_FAULTS_ENV = "SHIPPER_TEST_FAULTS"
+FAULT_THREADS = (
+    "shipper-tailer",
+    "shipper-registry",
+    "shipper-watcher",
+    "shipper-sender",
+    "shipper-metrics",
+)
 
 #: Downward API variables the example manifests set, and the envelope field each becomes.
 KUBERNETES_ENV: dict[str, str] = {
@@ -361,6 +374,13 @@ def _absolute(path: str) -> str | None:
     return None
 
 
+def _file_path(path: str) -> str | None:
+    problem = _absolute(path)
+    if problem is None and (path.endswith("/") or os.path.basename(path) in {".", ".."}):
+        problem = f"path {path!r} must name a file, not a directory"
+    return problem
+
+
 def _regex(pattern: str) -> str | None:
     try:
         re.compile(pattern.encode())
@@ -530,7 +550,7 @@ class KafkaConfig:
 class RegistryConfig:
     """Where file positions are kept across restarts."""
 
-    path: str = _opt(text(min_len=1, test=_absolute), "/var/lib/shipper/registry.json")
+    path: str = _opt(text(min_len=1, test=_file_path), "/var/lib/shipper/registry.json")
     reserve: int = _opt(size(0, 1 * GiB), 4 * MiB)
     forget_after: float = _opt(duration(1.0, 366 * 86400.0), 24 * 3600.0)
     max_entries: int = _opt(integer(1, 10_000_000), 100_000)
@@ -588,6 +608,8 @@ class Config:
     shutdown: ShutdownConfig = _opt(section(ShutdownConfig), factory=ShutdownConfig)
     routes: tuple[Route, ...] = field(default=(), metadata={"derived": True})
     warnings: tuple[str, ...] = field(default=(), metadata={"derived": True})
+    # Test only: worker threads the daemon breaks on SIGUSR2 (``SHIPPER_TEST_FAULTS``).
+    test_faults: tuple[str, ...] = field(default=(), metadata={"derived": True})
 
 
 T = TypeVar("T")
@@ -813,7 +835,28 @@ def _derive(cfg: Config, raw: Mapping[str, Any], env: Mapping[str, str], errors:
         )
         for i in inputs
     )
-    return replace(cfg, inputs=inputs, kafka=kafka, routes=routes, warnings=tuple(warnings))
+    faults = _test_faults(env.get(TEST_FAULTS_ENV, ""), errors)
+    if errors:
+        raise ConfigError(errors)
+    return replace(
+        cfg,
+        inputs=inputs,
+        kafka=kafka,
+        routes=routes,
+        warnings=tuple(warnings),
+        test_faults=faults,
+    )
+
+
+def _test_faults(raw: str, errors: Errors) -> tuple[str, ...]:
+    """The worker threads named in ``SHIPPER_TEST_FAULTS`` (test only; empty in production)."""
+    names = tuple(n.strip() for n in raw.split(",") if n.strip())
+    for n in names:
+        if n not in FAULT_THREADS:
+            errors.append(
+                f"{TEST_FAULTS_ENV}: unknown thread {_show(n)}; one of {', '.join(FAULT_THREADS)}"
+            )
+    return names
 
 
 def _secrets(
