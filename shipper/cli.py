@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from shipper import __version__
-from shipper.errors import ConfigError
+from shipper.errors import ConfigError, RegistryLockedError
+
+if TYPE_CHECKING:
+    from shipper.config import Config
 
 __all__ = ["main"]
 
@@ -71,9 +75,18 @@ def _health(listen: str, timeout: float) -> int:
     return EXIT_OK if code == 200 else EXIT_FAILURE
 
 
+def _say(text: str) -> None:
+    """One line on stderr; a closed or broken stderr is no reason to fail."""
+    try:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
 def _report(err: ConfigError) -> int:
     for problem in err.problems:
-        sys.stderr.write(f"config error: {problem}\n")
+        _say(f"config error: {problem}")
     return EXIT_CONFIG
 
 
@@ -92,16 +105,23 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_FAILURE
         return _health(cfg.metrics.listen, args.timeout)
     for warning in cfg.warnings:
-        sys.stderr.write(f"config warning: {warning}\n")
+        _say(f"config warning: {warning}")
     if args.command == "validate":
         sys.stdout.write(f"{args.config}: ok\n")
         return EXIT_OK
+    return _run(cfg, args.config)
+
+
+def _run(cfg: Config, path: str) -> int:
+    """``shipper run``: the daemon until it stops; exit 1 when it cannot start."""
     from shipper.daemon import Daemon  # noqa: PLC0415
     from shipper.log import configure  # noqa: PLC0415
 
     configure(cfg.log.level, cfg.log.format)
     try:
-        return Daemon(cfg).run()
+        return Daemon(cfg, path).run()
+    except RegistryLockedError as err:  # another shipper owns the registry: nothing was read
+        _say(f"shipper: {err}")
     except OSError as err:  # e.g. the metrics port is taken
-        sys.stderr.write(f"shipper: {err}\n")
-        return EXIT_FAILURE
+        _say(f"shipper: {err}")
+    return EXIT_FAILURE

@@ -151,6 +151,11 @@ class MetricsServer:
         host, port = self._server.server_address[:2]
         return f"{host!s}:{port}"
 
+    @property
+    def thread(self) -> threading.Thread:
+        """The serving thread (for supervision)."""
+        return self._thread
+
     def start(self) -> None:
         """Serve in the background."""
         self._thread.start()

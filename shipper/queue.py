@@ -293,6 +293,17 @@ class DropQueue:
             self._woken = True
             self._nonempty.notify_all()
 
+    def drop_taken(self, reason: str) -> int:
+        """Drop, as ``reason``, the lines taken from the queue and never settled, because the
+        sender that took them died; return how many. Exact: nothing is admitted meanwhile."""
+        with self._lock:
+            snap = self._ledger.snapshot()
+            lines = snap.queued_lines - self._lines
+            nbytes = snap.queued_bytes - self._bytes
+            if lines > 0:
+                self._ledger.dropped(reason, lines, nbytes)
+            return max(lines, 0)
+
     def drop_all(self, reason: str) -> int:
         """Drop everything still queued for ``reason``; return the number of lines."""
         with self._lock:

@@ -93,6 +93,19 @@ class KafkaSender:
         self._thread = threading.Thread(target=self._run, name="shipper-sender", daemon=True)
         self._thread.start()
 
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The sender thread (for supervision)."""
+        return self._thread
+
+    def abandon(self) -> None:
+        """After the sender thread died: close its Kafka client. What it had taken from the
+        queue is settled by the caller (``DropQueue.drop_taken``)."""
+        self._stopping.set()
+        client, self._client = self._client, None
+        if client is not None:
+            client.close(time.monotonic())
+
     def stop(self, deadline: float) -> None:
         """Drain the queue until empty or ``deadline`` (monotonic), flush, close, return."""
         self._stop_deadline[0] = deadline
