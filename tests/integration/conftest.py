@@ -228,3 +228,21 @@ def append(path: Path, lines: list[bytes] | bytes) -> None:
     data = lines if isinstance(lines, bytes) else b"".join(x + b"\n" for x in lines)
     with path.open("ab") as f:
         f.write(data)
+
+
+def ledger_balances(led: dict[str, Any]) -> bool:
+    """``read == sent + dropped + queued`` for a ledger from ``ledger_from_metrics`` (the one
+    place that knows how the ledger's states are named)."""
+    return bool(
+        led["balanced"]
+        and led["read"] == led["sent"] + sum(led["dropped"].values()) + led["queued"]
+    )
+
+
+def final_balances(final: dict[str, Any]) -> bool:
+    """The same for the fields of a ``shutdown_complete`` line."""
+    return bool(
+        final["balanced"] is True
+        and final["lines_read"]
+        == final["lines_sent"] + final["lines_dropped"] + final["lines_queued"]
+    )
