@@ -88,6 +88,7 @@ class Tailer:
         self._save_failed = False  # this round's registry save failed: do not retry per chunk
         self._room: list[FileReader] | None = None  # idle readers to close for room, this round
         self._unopened: dict[str, int | None] = {}  # seen, never opened: path -> size if known
+        self._deferred: set[str] = set()  # waiting for room under max_open_files
         self._flagged: dict[tuple[str, str], str] = {}  # (problem, path) -> identity, once
         self.unreadable_dirs: dict[str, str] = {}  # directory -> error, while it lasts
         self.watch_failed: dict[str, str] = {}  # directory -> error, while it lasts
@@ -332,7 +333,11 @@ class Tailer:
         for path in changes.moved_away:
             self._unopened.pop(path, None)
         for path in changes.created - changes.moved_away:
-            if path not in self._by_path and path not in self._unopened and self._input(path):
+            if (
+                path not in self._by_path
+                and path not in self._unopened
+                and self._input(path) is not None
+            ):
                 self._remember_unopened(path, None)
         for path in changes.deleted:
             if path not in self._by_path:
@@ -391,7 +396,10 @@ class Tailer:
                 self._registry.seen(entry, time.time())
             return
         if len(self._by_key) >= self._cfg.max_open_files and not self._make_room():
-            if path not in self._retry:
+            if path not in self._deferred:
+                if len(self._deferred) >= _MAX_REMEMBERED:
+                    self._deferred.clear()
+                self._deferred.add(path)
                 self._ledger.event("open_deferred")
             self._remember_unopened(path, st.st_size)
             self._retry.add(path)
@@ -457,8 +465,8 @@ class Tailer:
             self._registry.seen(known.entry, time.time())
             return
         self._unopened.pop(path, None)
-        if path in self.unreadable_files:
-            self.unreadable_files.discard(path)
+        self._deferred.discard(path)
+        self.unreadable_files.discard(path)
         self._adopt(path, idx, fd, fst)
 
     def _not_regular(self, path: str, st: os.stat_result) -> None:
@@ -500,6 +508,7 @@ class Tailer:
             return
         size = self._unopened.pop(path)
         self._retry.discard(path)
+        self._deferred.discard(path)
         self._first_seen.pop(path, None)
         self._ledger.event("files_deleted_unread")
         if size:
