@@ -50,6 +50,7 @@ _BLOCK = 1024 * 1024  # bytes read at a time while loading
 _MAX_OFFSET = (1 << 63) - 1
 _MAX_ID = (1 << 64) - 1
 _MAX_PATH = 16 * 1024  # characters (a 4 KiB path with every byte escaped)
+_MAX_FP_LEN = 1 << 20
 _FP_RE = re.compile(r"[0-9a-f]{0,128}\Z")
 _WS = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
@@ -146,6 +147,8 @@ class _Stream:
 
     def peek(self) -> str:
         """The next character that is not white space ('' at the end)."""
+        if self.pos < len(self.buf) and self.buf[self.pos] not in " \t\n\r":
+            return self.buf[self.pos]  # the common case: no white space
         while True:
             m = _WS.match(self.buf, self.pos)
             self.pos = m.end() if m else self.pos
@@ -160,6 +163,26 @@ class _Stream:
         if got != ch:
             raise _BadRegistryError(f"expected {ch!r}, found {got[:1]!r}")
         self.pos += 1
+
+    def bulk(self) -> list[Any] | None:
+        """The whole array items the buffer holds from here, decoded at once (C speed), up
+        to the last ``},`` in the next block; None when that does not decode cleanly
+        (the items are then read one by one, which finds the bad one).
+
+        Cutting right after a ``}`` that is followed by ``,`` and closing with ``]`` is valid
+        JSON only where that ``}`` ends an item at the array's own level: inside a string
+        or a nested object the text would be left open.
+        """
+        self.peek()
+        end = self.buf.rfind("},", self.pos, self.pos + _BLOCK)
+        if end < 0:
+            return None
+        try:
+            values = json.loads("[" + self.buf[self.pos : end + 1] + "]")
+        except (ValueError, RecursionError):
+            return None
+        self.pos = end + 1
+        return values if isinstance(values, list) else None
 
     def value(self) -> Any:
         """Decode the next value (at most ``MAX_ITEM_CHARS`` long)."""
@@ -208,12 +231,16 @@ def _values(f: IO[bytes]) -> Iterator[tuple[str, Any]]:
 
 
 def _items(s: _Stream) -> Iterator[Any]:
-    """The values of an array whose ``[`` was just read, one at a time."""
+    """The values of an array whose ``[`` was just read, many at a time where possible."""
     if s.peek() == "]":
         s.pos += 1
         return
     while True:
-        yield s.value()
+        values = s.bulk()
+        if values is not None:
+            yield from values
+        else:
+            yield s.value()
         if _next(s, "]"):
             return
 
@@ -227,45 +254,51 @@ def _next(s: _Stream, close: str) -> bool:
     return sep == close
 
 
-def _int(raw: dict[str, Any], name: str, hi: int) -> int:
-    v = raw[name]
-    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= hi:
-        raise ValueError(f"{name} {str(v)[:40]!r} is not a whole number in 0..{hi}")
-    return v
-
-
-def _optional_int(raw: dict[str, Any], name: str) -> int | None:
-    return None if raw.get(name) is None else _int(raw, name, _MAX_OFFSET)
-
-
 def _entry(raw: Any) -> Entry:
-    """One entry from its JSON form; ValueError/KeyError if it is malformed in any way."""
-    if not isinstance(raw, dict):
+    """One entry from its JSON form; ValueError/KeyError/TypeError if it is malformed in
+    any way (missing or mistyped fields, negative or absurd numbers, NaN, overlong
+    strings). Exact types: a bool is no number, a float no offset."""
+    if type(raw) is not dict:
         raise TypeError("an entry is not an object")
-    fp, path, seen = raw["fp"], raw["path"], raw["seen"]
-    if not isinstance(fp, str) or not _FP_RE.match(fp):
-        raise ValueError("fp is not a hex string")
-    if not isinstance(path, str) or len(path) > _MAX_PATH:
-        raise ValueError("path is not a string")
-    if isinstance(seen, bool) or not isinstance(seen, int | float) or not math.isfinite(seen):
-        raise ValueError("seen is not a finite number")
-    offset = _int(raw, "offset", _MAX_OFFSET)
-    exact = _int(raw, "exact", offset) if "exact" in raw else offset
+    dev, ino, fp_len, fp, path = raw["dev"], raw["ino"], raw["fp_len"], raw["fp"], raw["path"]
+    offset, seen = raw["offset"], raw["seen"]
+    exact = raw.get("exact", offset)
     skip = raw.get("skip", False)
-    if not isinstance(skip, bool):
-        raise TypeError("skip is not true or false")
+    size, mtime = raw.get("closed_size"), raw.get("closed_mtime")
+    if not (
+        type(dev) is int
+        and type(ino) is int
+        and type(fp_len) is int
+        and type(offset) is int
+        and type(exact) is int
+        and 0 <= dev <= _MAX_ID
+        and 0 <= ino <= _MAX_ID
+        and 0 <= fp_len <= _MAX_FP_LEN
+        and 0 <= exact <= offset <= _MAX_OFFSET
+    ):
+        raise ValueError("dev, ino, fp_len, offset and exact must be whole numbers in range")
+    if type(fp) is not str or not _FP_RE.match(fp) or type(path) is not str:
+        raise ValueError("fp and path must be a hex string and a string")
+    if len(path) > _MAX_PATH or type(skip) is not bool:
+        raise ValueError("path too long, or skip not true or false")
+    if type(seen) not in (int, float) or not math.isfinite(seen):
+        raise ValueError("seen is not a finite number")
+    if size is not None and not (
+        type(size) is int and type(mtime) is int and 0 <= size <= _MAX_OFFSET and mtime >= 0
+    ):
+        raise ValueError("closed_size and closed_mtime must be whole numbers")
     return Entry(
-        dev=_int(raw, "dev", _MAX_ID),
-        ino=_int(raw, "ino", _MAX_ID),
-        fp_len=_int(raw, "fp_len", 1 << 20),
+        dev=dev,
+        ino=ino,
+        fp_len=fp_len,
         fp=fp,
         path=path,
         durable=offset,
         exact=exact,
         seen=float(seen),
         skip=skip and exact == offset,
-        closed_size=_optional_int(raw, "closed_size"),
-        closed_mtime=_optional_int(raw, "closed_mtime"),
+        closed_size=size,
+        closed_mtime=mtime if size is not None else None,
     )
 
 
@@ -469,9 +502,10 @@ class Registry:
                     except (ValueError, KeyError, TypeError):
                         dropped += 1
                         continue
-                    if entries.pop(e.key, None) is not None:
+                    key = f"{e.dev}:{e.ino}"
+                    if entries.pop(key, None) is not None:
                         dropped += 1  # the same file twice: the later entry wins
-                    entries[e.key] = e
+                    entries[key] = e
                     if len(entries) > self.max_entries + self.max_entries // 4:
                         trimmed += self._trim(self.max_entries)
             except (_BadRegistryError, OSError) as exc:

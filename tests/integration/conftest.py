@@ -35,6 +35,8 @@ class Shipper:
         env: dict[str, str] | None = None,
         user: str | None = None,
         prefix: list[str] | None = None,
+        *,
+        http_timeout: float = 20.0,
     ) -> None:
         self.cfg = cfg
         self.workdir = workdir
@@ -56,7 +58,7 @@ class Shipper:
             cwd=Path(__file__).resolve().parents[2],
         )
         try:
-            self.wait_http()
+            self.wait_http(http_timeout)
         except AssertionError:
             if self.proc.poll() is None:
                 self.proc.kill()
