@@ -17,13 +17,36 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
 __all__ = ["ChangeSet", "Changes", "Matcher", "Scan", "Watcher", "base_dir", "glob_to_regex"]
 
 _MAGIC = re.compile(r"[*?\[]")
+# The events that say a file grew, appeared, moved or went. Not opens and closes without a
+# write: every scan and every read of ours would wake the tailer (and watchdog) again.
+_EVENTS = [
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileClosedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+]
 
 
 def glob_to_regex(pattern: str) -> re.Pattern[str]:
@@ -96,12 +119,21 @@ class _Pattern:
 
     def __init__(self, pattern: str) -> None:
         self.root, _ = base_dir(pattern)
+        self.full = glob_to_regex(pattern)
         rest = pattern[len(self.root) :].lstrip("/")
         # A literal name, a compiled component glob, or None for ** (any depth from here on).
         self.parts: list[str | re.Pattern[str] | None] = []
-        for comp in rest.split("/"):
+        # Under **, a file matches when its name matches ``leaf`` (None: test the full path).
+        self.leaf: re.Pattern[str] | None = None
+        comps = rest.split("/")
+        for k, comp in enumerate(comps):
             if "**" in comp:
                 self.parts.append(None)
+                tail = comps[k + 1 :]
+                if comp == "**" and not tail:
+                    self.leaf = re.compile(r".*\Z", re.DOTALL)
+                elif comp == "**" and len(tail) == 1 and "**" not in tail[0]:
+                    self.leaf = glob_to_regex(tail[0])
                 break
             self.parts.append(glob_to_regex(comp) if _MAGIC.search(comp) else comp)
 
@@ -119,12 +151,15 @@ class Matcher:
 
     def matches(self, path: str) -> bool:
         """True if ``path`` matches an include glob and no exclude glob."""
-        if not any(r.match(path) for r in self._include):
+        return any(r.match(path) for r in self._include) and not self._excluded(path)
+
+    def _excluded(self, path: str) -> bool:
+        if not (self._exclude_full or self._exclude_base):
             return False
         if any(r.match(path) for r in self._exclude_full):
-            return False
+            return True
         name = os.path.basename(path)
-        return not any(r.match(name) for r in self._exclude_base)
+        return any(r.match(name) for r in self._exclude_base)
 
     def scan(self, out: Scan | None = None) -> Scan:
         """Walk the directories the include globs reach; return matching paths and the
@@ -135,17 +170,11 @@ class Matcher:
         return out
 
     def _walk(self, walk: _Pattern, out: Scan) -> None:
-        """Visit the directories the glob reaches; ``**`` follows links to directories, once
-        each (a link back into the walk is a loop, reported, not followed)."""
+        """Visit the directories the glob reaches, matching one component per level (a
+        path that matches every component matches the glob); ``**`` walks every directory
+        below, following links to directories once each."""
         last = len(walk.parts) - 1
-        visited: set[tuple[int, int]] = set()
-        if walk.parts[0] is None:
-            self._first_visit(walk.root, visited)
-
-        def descend(path: str, i: int) -> bool:
-            # Entering ** marks the directory visited: a link back to it is a loop.
-            return walk.parts[i + 1] is not None or self._first_visit(path, visited)
-
+        followed: set[tuple[int, int]] = set()  # directory links followed under **
         todo: list[tuple[str, int]] = [(walk.root, 0)]
         while todo:
             d, i = todo.pop()
@@ -153,34 +182,36 @@ class Matcher:
             if isinstance(part, str):  # a literal name: no need to list the directory
                 path = _join(d, part)
                 if i < last:
-                    if os.path.isdir(path) and descend(path, i):
+                    if os.path.isdir(path):
                         todo.append((path, i + 1))
-                elif os.path.lexists(path) and self.matches(path):
+                elif os.path.lexists(path) and not self._excluded(path):
                     out.paths.add(path)
             elif part is None:
-                todo.extend((sub, i) for sub in self._deep(d, out, visited))
+                todo.extend((sub, i) for sub in self._deep(walk, d, out, followed))
             else:
                 for entry in self._list(d, out):
                     if part.match(entry.name):
                         path = _join(d, entry.name)
-                        if i == last:
-                            self._found(path, out)
-                        elif self._is_dir(entry) and descend(path, i):
-                            todo.append((path, i + 1))
+                        if i < last:
+                            if self._is_dir(entry):
+                                todo.append((path, i + 1))
+                        elif not self._excluded(path):
+                            out.paths.add(path)
 
-    def _found(self, path: str, out: Scan) -> None:
-        if self.matches(path):
-            out.paths.add(path)
+    def _deep(self, walk: _Pattern, d: str, out: Scan, followed: set[tuple[int, int]]) -> list[str]:
+        """Under ``**``: the matching files of ``d``; return the directories to walk next.
 
-    def _deep(self, d: str, out: Scan, visited: set[tuple[int, int]]) -> list[str]:
-        """Under ``**``: every file of ``d`` tested whole; return its subdirectories."""
+        A link to a directory already followed is a loop: reported, not walked (a link back
+        to an ancestor is walked once through, then recognised)."""
+        leaf = walk.leaf
         subs = []
         for entry in self._list(d, out):
             path = _join(d, entry.name)
             if not self._is_dir(entry):
-                if self.matches(path):
+                hit = leaf.match(entry.name) if leaf is not None else walk.full.match(path)
+                if hit and not self._excluded(path):
                     out.paths.add(path)
-            elif self._first_visit(path, visited):
+            elif not entry.is_symlink() or self._first_visit(path, followed):
                 subs.append(path)
             else:
                 out.loops.add(path)
@@ -362,7 +393,9 @@ class Watcher:
             return False
         assert self._observer is not None
         try:
-            watch = self._observer.schedule(self._handler, directory, recursive=recursive)
+            watch = self._observer.schedule(
+                self._handler, directory, recursive=recursive, event_filter=_EVENTS
+            )
         except OSError as exc:  # inotify watch limit, permissions: poll covers it
             self.failed[directory] = exc.strerror or str(exc)
             return False

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -27,6 +27,9 @@ __all__ = ["DEFER", "Copies", "fingerprint", "is_copy_of", "line_start", "same_t
 
 #: ``Copies.match`` result: look at this file again later.
 DEFER: Literal["defer"] = "defer"
+#: Files are indexed by this many first bytes (fewer when shorter) to find copy candidates
+#: without looking at every open file.
+_INDEX_BYTES = 64
 
 
 def fingerprint(data: bytes) -> str:
@@ -97,6 +100,23 @@ class Copies:
         self._warn = warn
         self._orphans: list[_Orphan] = []
         self._pending: dict[str, float] = {}  # path of a copy being made -> give-up time
+        self._heads: dict[FileReader, bytes] = {}  # open files' first bytes ...
+        self._index: dict[bytes, set[FileReader]] = {}  # ... and the files by their start
+
+    def track(self, r: FileReader, head: bytes) -> None:
+        """``r`` is open and starts with ``head`` (its first ``fingerprint_bytes``)."""
+        self.untrack(r)
+        self._heads[r] = head
+        self._index.setdefault(head[:_INDEX_BYTES], set()).add(r)
+
+    def untrack(self, r: FileReader) -> None:
+        """``r`` was closed."""
+        head = self._heads.pop(r, None)
+        if head is not None:
+            bucket = self._index[head[:_INDEX_BYTES]]
+            bucket.discard(r)
+            if not bucket:
+                del self._index[head[:_INDEX_BYTES]]
 
     @property
     def pending(self) -> list[str]:
@@ -126,12 +146,15 @@ class Copies:
         for path in self._pending:
             self._pending[path] = 0.0
 
-    def match(
-        self, path: str, head: bytes, size: int, fd: int, readers: Iterable[FileReader]
-    ) -> int | Literal["defer"] | None:
+    def match(self, path: str, head: bytes, size: int, fd: int) -> int | Literal["defer"] | None:
         """Where to start reading a new file at ``path`` (on ``fd``, ``size`` bytes starting
         with ``head``) that may be a copy of a known one: an offset, ``DEFER`` to look again
-        later, or None when it is no copy."""
+        later, or None when it is no copy.
+
+        Only open files that start with the same ``_INDEX_BYTES`` are candidates (so a new
+        file costs the same however many files are open). Not found so: a copy shorter than
+        that of a file that has grown past it since.
+        """
         if not head:
             # Nothing to tell it by yet (copytruncate's copy is empty when created): look
             # again once it has bytes, or copied content would be read as new.
@@ -150,7 +173,7 @@ class Copies:
                 start = min(o.offset, size)
                 self._ledger.skipped_bytes("copy_resumed", start)
                 return start
-        for r in readers:
+        for r in list(self._index.get(head[:_INDEX_BYTES], ())):
             if r.rotated or r.path == path:
                 continue
             try:

@@ -31,6 +31,7 @@ class FileReader:
         "_inp",
         "_ledger",
         "_warn",
+        "always_poll",
         "behind_since",
         "carry",
         "carry_end",
@@ -70,6 +71,7 @@ class FileReader:
         self.size_seen = size
         self.last_growth = time.monotonic()
         self.rotated = False  # renamed away or deleted: drained, then closed
+        self.always_poll = False  # no inotify event tells when it grows (opened via a link)
         self.behind_since: float | None = None
         self.splitter = LineSplitter(inp.max_line_bytes, inp.long_lines, mid_line=mid_line)
         m = inp.multiline

@@ -239,6 +239,7 @@ class Tailer:
         cfg = self._cfg
         next_rescan = 0.0
         next_poll = 0.0
+        next_full = 0.0
         next_forget = 0.0
         while not self._stop.is_set():
             busy = False
@@ -250,16 +251,23 @@ class Tailer:
                     next_rescan = now + cfg.rescan_interval
                 changes = self._changes.drain()
                 poll = now >= next_poll
+                # Where inotify watches, it tells which file changed: every open file is
+                # looked at once per rescan_interval only. Where it does not, every poll.
+                unwatched = bool(self.watch_failed) or self._watcher.unavailable is not None
+                full = poll and (now >= next_full or unwatched)
                 if poll:
                     next_poll = now + cfg.poll_interval
-                    if self.watch_failed or self._watcher.unavailable:
+                    if unwatched:
                         self._rescan(all_inputs=False)  # polling stands in for inotify
-                dirty = self._on_changes(changes, poll)
-                busy = self._read_all(None if poll else dirty)
+                if full:
+                    next_full = now + cfg.rescan_interval
+                dirty = self._on_changes(changes, poll, full)
+                busy = self._read_all(None if full else dirty)
                 if poll:
                     self._housekeeping(now, forget=now >= next_forget)
                     if now >= next_forget:
                         next_forget = now + cfg.rescan_interval
+                if full:
                     self.polls += 1
             except Exception as exc:  # noqa: BLE001  # the thread must not die: log, count, go on
                 self._ledger.event("tailer_errors")
@@ -326,27 +334,19 @@ class Tailer:
         for path in scan.loops:
             self._flag("symlink_loop", path, "", directory=True)
 
-    def _on_changes(self, changes: Changes, poll: bool) -> set[FileReader]:
-        """Act on what watchdog reported (and, on a poll, look at every file again); return
-        the readers of the files that changed."""
+    def _on_changes(self, changes: Changes, poll: bool, full: bool) -> set[FileReader]:
+        """Act on what watchdog reported; on a poll, retry what waits; on a full poll, look
+        at every open file again. Return the readers of the files that may have changed."""
         paths = set(changes.paths)
-        for path in changes.moved_away:
-            self._unopened.pop(path, None)
-        for path in changes.created - changes.moved_away:
-            if (
-                path not in self._by_path
-                and path not in self._unopened
-                and self._input(path) is not None
-            ):
-                self._remember_unopened(path, None)
-        for path in changes.deleted:
-            if path not in self._by_path:
-                self._vanished(path)
+        self._note_created_and_gone(changes)
         if poll:
-            paths.update(self._by_path)
             paths.update(self._retry)
             paths.update(self._copies.pending)
-        self._retry.clear()
+            self._retry.clear()
+            if full:
+                paths.update(self._by_path)
+            else:
+                paths.update(r.path for r in self._by_path.values() if r.always_poll)
         dirty: set[FileReader] = set()
         for path in paths:
             r = self._by_path.get(path)
@@ -363,6 +363,21 @@ class Tailer:
                     dirty.add(r)
         return dirty
 
+    def _note_created_and_gone(self, changes: Changes) -> None:
+        """Remember files created and not opened yet; count those deleted before opened."""
+        for path in changes.moved_away:
+            self._unopened.pop(path, None)
+        for path in changes.created - changes.moved_away:
+            if (
+                path not in self._by_path
+                and path not in self._unopened
+                and self._input(path) is not None
+            ):
+                self._remember_unopened(path, None)
+        for path in changes.deleted:
+            if path not in self._by_path:
+                self._vanished(path)
+
     def _input(self, path: str) -> int | None:
         for idx, m in enumerate(self._matchers):
             if m.matches(path):
@@ -372,9 +387,10 @@ class Tailer:
     # -- opening ------------------------------------------------------------------------
     def _try_open(self, path: str, idx: int) -> None:
         inp = self._inputs[idx]
-        st = self._target(path, idx)
-        if st is None:
+        found = self._target(path, idx)
+        if found is None:
             return
+        st, linked = found
         if not stat.S_ISREG(st.st_mode):
             self._not_regular(path, st)
             return
@@ -414,14 +430,15 @@ class Tailer:
                 self._open_failed(path, exc)
             return
         try:
-            self._check_and_adopt(path, idx, fd)
+            self._check_and_adopt(path, idx, fd, linked)
         except OSError as exc:
             os.close(fd)
             self._open_failed(path, exc)
 
-    def _target(self, path: str, idx: int) -> os.stat_result | None:  # noqa: PLR0911  # one exit per reason
-        """The stat of what ``path`` names (through a link the input may follow); None when
-        there is nothing to open (gone, a link not followed, a loop, a dangling link)."""
+    def _target(self, path: str, idx: int) -> tuple[os.stat_result, bool] | None:  # noqa: PLR0911  # one exit per reason
+        """The stat of what ``path`` names (through a link the input may follow) and whether
+        it is a link; None when there is nothing to open (gone, a link not followed, a
+        loop, a dangling link)."""
         try:
             lst = os.lstat(path)
         except FileNotFoundError:
@@ -431,7 +448,7 @@ class Tailer:
             self._open_failed(path, exc)
             return None
         if not stat.S_ISLNK(lst.st_mode):
-            return lst
+            return lst, False
         self._unopened.pop(path, None)
         if not self._inputs[idx].follow_symlinks:
             return None
@@ -441,7 +458,7 @@ class Tailer:
             self._warn("symlink_outside_roots", path=path, target=real)
             return None
         try:
-            return os.stat(path)
+            return os.stat(path), True
         except FileNotFoundError:
             self._flag("symlink_dangling", path, f"{lst.st_dev}:{lst.st_ino}")
         except OSError as exc:
@@ -451,7 +468,7 @@ class Tailer:
                 self._open_failed(path, exc)
         return None
 
-    def _check_and_adopt(self, path: str, idx: int, fd: int) -> None:
+    def _check_and_adopt(self, path: str, idx: int, fd: int, linked: bool) -> None:
         """The descriptor decides: only a regular file not open yet is adopted."""
         fst = os.fstat(fd)
         if not stat.S_ISREG(fst.st_mode):
@@ -467,7 +484,7 @@ class Tailer:
         self._unopened.pop(path, None)
         self._deferred.discard(path)
         self.unreadable_files.discard(path)
-        self._adopt(path, idx, fd, fst)
+        self._adopt(path, idx, fd, fst, linked)
 
     def _not_regular(self, path: str, st: os.stat_result) -> None:
         """A FIFO, socket, device or directory under a matching name: never read."""
@@ -525,7 +542,7 @@ class Tailer:
         self._ledger.event(f"open_failed_{reason}")
         self._warn("file_open_failed", path=path, error=exc.strerror, errno=reason)
 
-    def _adopt(self, path: str, idx: int, fd: int, st: os.stat_result) -> None:
+    def _adopt(self, path: str, idx: int, fd: int, st: os.stat_result, linked: bool) -> None:
         """Decide where to start reading a newly opened file, and track it."""
         head = os.pread(fd, self._cfg.fingerprint_bytes, 0)
         fp_len, fp = len(head), fingerprint(head)
@@ -577,9 +594,11 @@ class Tailer:
             ledger=self._ledger,
             warn=self._warn,
         )
+        reader.always_poll = linked  # its target's directory may not be watched
         self._by_key[entry.key] = reader
         self._by_path[path] = reader
         self._copies.opened(path)
+        self._copies.track(reader, head)
         self._ledger.event("files_opened")
         self._log.info("file_opened", path=path, offset=start, size=size, start=how)
 
@@ -589,7 +608,7 @@ class Tailer:
         """Registry entry and start offset for a file not known by this identity; None
         to look again later (a copy of a file being read, or an empty new file)."""
         size = st.st_size
-        copy = self._copies.match(path, head, size, fd, self._by_key.values())
+        copy = self._copies.match(path, head, size, fd)
         if copy == DEFER:
             self._retry.add(path)
             return None
@@ -832,6 +851,7 @@ class Tailer:
             return False
         if e.fp_len < want and len(head) > e.fp_len:
             self._registry.refingerprint(e, len(head), fingerprint(head))
+            self._copies.track(r, head)
         return True
 
     def _truncated(self, r: FileReader, size: int) -> None:
@@ -843,6 +863,7 @@ class Tailer:
         self._log.info("file_truncated", path=r.path, offset=r.read_off, size=size)
         head = os.pread(r.fd, self._cfg.fingerprint_bytes, 0)
         self._registry.restart(e, len(head), fingerprint(head))
+        self._copies.track(r, head)
         r.restart(size)
 
     # -- housekeeping -------------------------------------------------------------------
@@ -915,6 +936,7 @@ class Tailer:
             except OSError:
                 pass
         skip = r.splitter.skipping and not held and r.entry.exact == r.read_off
+        self._copies.untrack(r)
         r.close()
         self._by_key.pop(r.entry.key, None)
         if self._by_path.get(r.path) is r:
