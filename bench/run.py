@@ -29,13 +29,14 @@ from benchkit.report import (
     summarize,
     write_json,
 )
+from benchkit.scale import format_scale, run_scale
 from benchkit.stall import run_stall
 from benchkit.throughput import run_one, run_throughput, runs_as_dicts, warm_cache
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache" / "bench"
 RESULTS = REPO / "bench" / "results"
-SCENARIOS = ("throughput", "latency", "stall")
+SCENARIOS = ("throughput", "latency", "stall", "scale")
 _FULL: dict[str, Any] = {
     "lines": 5_000_000,
     "reps": 3,
@@ -43,6 +44,9 @@ _FULL: dict[str, Any] = {
     "stall": 30.0,
     "stall_before": 5.0,
     "stall_after": 10.0,
+    "scale_files": 10_000,
+    "scale_dirs": 2_000,
+    "scale_idle": 60.0,
 }
 _QUICK: dict[str, Any] = {
     "lines": 200_000,
@@ -51,6 +55,9 @@ _QUICK: dict[str, Any] = {
     "stall": 5.0,
     "stall_before": 2.0,
     "stall_after": 3.0,
+    "scale_files": 1_000,
+    "scale_dirs": 200,
+    "scale_idle": 10.0,
 }
 
 
@@ -71,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=10_000.0, help="latency writer lines/s")
     p.add_argument("--stall", type=float, help="seconds the broker is frozen (default 30)")
     p.add_argument("--stall-rate", type=float, default=100_000.0, help="stall writer lines/s")
+    p.add_argument("--scale-files", type=int, help="scale: files in one directory (10,000)")
+    p.add_argument("--scale-dirs", type=int, help="scale: nested directories, a file each (2,000)")
+    p.add_argument("--scale-idle", type=float, help="scale: seconds of idle CPU measured (60)")
     p.add_argument(
         "--quick",
         action="store_true",
@@ -114,6 +124,9 @@ def _options(ns: argparse.Namespace, tmp: Path) -> Options:
         stall=ns.stall or base["stall"],
         stall_after=base["stall_after"],
         warmup=not ns.no_warmup,
+        scale_files=ns.scale_files or base["scale_files"],
+        scale_dirs=ns.scale_dirs or base["scale_dirs"],
+        scale_idle=ns.scale_idle or base["scale_idle"],
     )
 
 
@@ -224,11 +237,21 @@ def _profile(broker: Broker, opts: Options) -> int:
     return 0 if r.status == "ok" else 1
 
 
+def _scale(broker: Broker, opts: Options) -> dict[str, Any]:
+    print(
+        f"bench: scale: {opts.scale_files:,} files + {opts.scale_dirs:,} nested directories ...",
+        flush=True,
+    )
+    d = {"date": now(), **run_scale(broker, opts)}
+    print(format_scale(d), flush=True)
+    return d
+
+
 def _session(broker: Broker, ns: argparse.Namespace, opts: Options) -> int:
     if ns.profile:
         return _profile(broker, opts)
     chosen = SCENARIOS if ns.scenario == "all" else (ns.scenario,)
-    runners = {"throughput": _throughput, "latency": _latency, "stall": _stall}
+    runners = {"throughput": _throughput, "latency": _latency, "stall": _stall, "scale": _scale}
     results = {name: runners[name](broker, opts) for name in chosen}
     out = ns.out or RESULTS / ("quick.json" if ns.quick else "latest.json")
     machine = machine_info(REPO, broker.pid_file is None)

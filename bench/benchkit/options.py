@@ -27,3 +27,6 @@ class Options:
     stall: float
     stall_after: float
     warmup: bool = True
+    scale_files: int = 10_000
+    scale_dirs: int = 2_000
+    scale_idle: float = 60.0
