@@ -245,3 +245,22 @@ def test_topic_names_follow_kafkas_rules(topic: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse(MINIMAL.replace("topic: logs", f"topic: {json.dumps(topic)}"))
     assert info.value.problems[0].startswith("kafka.topic:")
+
+
+def test_registry_path_names_a_file() -> None:
+    """registry.path must be absolute and name a file, not a directory."""
+    for path in ("state/registry.json", "/var/lib/shipper/"):
+        with pytest.raises(ConfigError) as info:
+            parse(MINIMAL + f"registry:\n  path: {path}\n")
+        assert info.value.problems[0].startswith("registry.path:"), info.value.problems
+
+
+def test_test_faults_name_known_threads() -> None:
+    """SHIPPER_TEST_FAULTS (test only) names worker threads; a typo is a config error, and
+    unset it is empty."""
+    assert parse(MINIMAL, env={}).test_faults == ()
+    cfg = parse(MINIMAL, env={"SHIPPER_TEST_FAULTS": "shipper-tailer, shipper-sender"})
+    assert cfg.test_faults == ("shipper-tailer", "shipper-sender")
+    with pytest.raises(ConfigError) as info:
+        parse(MINIMAL, env={"SHIPPER_TEST_FAULTS": "shipper-tailr"})
+    assert info.value.problems[0].startswith("SHIPPER_TEST_FAULTS: unknown thread")

@@ -53,7 +53,17 @@ _MAX_PATH = 16 * 1024  # characters (a 4 KiB path with every byte escaped)
 _MAX_FP_LEN = 1 << 20
 _FP_RE = re.compile(r"[0-9a-f]{0,128}\Z")
 _WS = re.compile(r"[ \t\n\r]*")
-_DECODER = json.JSONDecoder()
+
+
+def _bounded_int(text: str) -> int | None:
+    """A JSON integer, or None when it has more digits than any offset (Python refuses
+    to convert more than 4300 digits, which would stop the stream)."""
+    return int(text) if len(text) <= 40 else None
+
+
+# One value at a time (the slow path, where a bulk decode failed): absurd numbers become
+# None, so the entry holding one is dropped alone.
+_DECODER = json.JSONDecoder(parse_int=_bounded_int)
 
 Count = Callable[[str, int], None]
 
