@@ -189,6 +189,47 @@ def test_sighup_with_an_invalid_config_keeps_running(
     assert s.stop() == 0
 
 
+def test_sighup_with_the_broker_down_counts_what_it_drops(
+    kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start
+) -> None:
+    """A reload whose drain cannot reach the broker drops what is still queued after
+    shutdown.drain_timeout, counted (``reload``, or ``shutdown`` for what the sender held):
+    the ledger balances, and the new config ships."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    log = logs / "app.log"
+    append(log, [numbered(b"q", i) for i in range(100)])
+    cfg = base_config(
+        kafka,
+        topic,
+        tmp_path,
+        [str(logs / "*.log")],
+        kafka={"unavailable_timeout": "60s"},
+        shutdown={"drain_timeout": "1s"},
+    )
+    cfg["kafka"]["bootstrap_servers"] = [f"127.0.0.1:{free_port()}"]  # nobody answers
+    s = start_shipper(cfg)
+    s.wait_for(lambda led: led["queued"] == 100, 30, "lines queued")
+    good = copy.deepcopy(cfg)
+    good["kafka"]["bootstrap_servers"] = [kafka.bootstrap]
+    s.conf.write_text(yaml.safe_dump(good))
+    t0 = time.monotonic()
+    s.proc.send_signal(signal.SIGHUP)
+    done = wait_event(s, "reload_complete")
+    assert time.monotonic() - t0 < 10
+    led = s.ledger()
+    assert done["dropped"] + led["dropped"]["shutdown"] == 100
+    assert led["dropped"]["reload"] == done["dropped"]
+    assert ledger_balances(led)
+    append(log, [numbered(b"q", i) for i in range(100, 150)])
+    led = s.wait_for(lambda led: led["sent"] == 50, 30, "the new config ships")
+    a = audit(topic_records(kafka, topic, 50), b"q", 150)
+    assert (a.duplicates, a.foreign) == (0, [])
+    assert a.missing == list(range(100))  # counted above
+    assert s.stop() == 0
+    assert final_balances(s.final_ledger())
+
+
 # -- SIGUSR1 and the other signals --------------------------------------------------------------
 def test_sigusr1_logs_the_ledger_and_every_open_file(
     kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start
