@@ -488,9 +488,11 @@ class Daemon:
         )
         tailer = self.tailer
         if cfg.read_idle > 0 and tailer.thread is not None and tailer.thread.is_alive():
-            # Lines an app writes while it stops (its pod, its unit) still ship.
+            # Lines an app writes while it stops (its pod, its unit) still ship. Reading
+            # leaves part of the drain timeout to the queue: what is read must still go out.
+            read_for = max(cfg.drain_timeout - cfg.read_idle, cfg.drain_timeout / 2)
             self._drain_until(
-                deadline,
+                started + read_for,
                 lambda: (
                     time.monotonic() - tailer.last_read >= cfg.read_idle and not tailer.behind()
                 ),

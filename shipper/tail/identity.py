@@ -23,7 +23,16 @@ from shipper.ledger import Ledger
 if TYPE_CHECKING:
     from shipper.tail.reader import FileReader
 
-__all__ = ["DEFER", "Copies", "fingerprint", "is_copy_of", "line_start", "same_tail"]
+__all__ = [
+    "DEFER",
+    "MIN_PREFIX",
+    "Copies",
+    "comparable",
+    "fingerprint",
+    "is_copy_of",
+    "line_start",
+    "same_tail",
+]
 
 #: ``Copies.match`` result: look at this file again later.
 DEFER: Literal["defer"] = "defer"
@@ -51,6 +60,17 @@ def line_start(fd: int, off: int, size: int) -> tuple[int, bool]:
             return off + nl + 1, False
         off += len(data)
     return off, True
+
+
+#: A fingerprint shorter than this identifies a file only against a head of just its length.
+MIN_PREFIX = 64
+
+
+def comparable(fp_len: int, head_len: int) -> bool:
+    """True when a fingerprint of the first ``fp_len`` bytes may identify a file whose first
+    ``head_len`` bytes we hold: the same length, or a prefix long enough to mean something
+    (a few bytes, or none, would match any file starting alike)."""
+    return 0 < fp_len <= head_len and (fp_len == head_len or fp_len >= MIN_PREFIX)
 
 
 def same_tail(fd_a: int, fd_b: int, size: int, window: int = 4096) -> bool:
@@ -160,7 +180,7 @@ class Copies:
             # again once it has bytes, or copied content would be read as new.
             return DEFER
         for o in self._orphans:
-            if o.fp_len <= len(head) and fingerprint(head[: o.fp_len]) == o.fp:
+            if comparable(o.fp_len, len(head)) and fingerprint(head[: o.fp_len]) == o.fp:
                 self._orphans.remove(o)
                 self._ledger.event("copy_resumed")
                 # The copy ends before what we read when the app wrote between the copy and
@@ -183,7 +203,7 @@ class Copies:
             e = r.entry
             if (
                 of_size < max(r.read_off, r.size_seen)
-                and 0 < e.fp_len <= len(head)
+                and comparable(e.fp_len, len(head))
                 and fingerprint(head[: e.fp_len]) == e.fp
             ):
                 # It starts like what ``r`` held before a truncation we have not handled

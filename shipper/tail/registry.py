@@ -571,9 +571,15 @@ class Registry:
         """The entry of the file with identity key ``dev:ino``, if known."""
         return self._entries.get(key)
 
-    def restored_like(self, head: bytes, fingerprint: Callable[[bytes], str]) -> list[Entry]:
+    def restored_like(
+        self,
+        head: bytes,
+        fingerprint: Callable[[bytes], str],
+        comparable: Callable[[int, int], bool],
+    ) -> list[Entry]:
         """Entries known from before this run (or rebuild), whose file was not opened yet,
-        with the fingerprint of a file starting with ``head``."""
+        with the fingerprint of a file starting with ``head`` (over a length ``comparable``
+        says may identify it)."""
         index = self._fp_index
         if index is None:
             index = {}
@@ -583,7 +589,7 @@ class Registry:
             self._fp_index = index
         out: list[Entry] = []
         for fp_len, by_fp in index.items():
-            if fp_len <= len(head):
+            if comparable(fp_len, len(head)):
                 for e in by_fp.get(fingerprint(head[:fp_len]), ()):
                     if e.restored and self._entries.get(e.key) is e:
                         out.append(e)

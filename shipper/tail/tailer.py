@@ -28,7 +28,7 @@ from shipper.config import InputConfig, TailConfig
 from shipper.ledger import Ledger
 from shipper.log import RateLimiter
 from shipper.tail.discovery import Changes, ChangeSet, Matcher, Scan, Watcher, base_dir
-from shipper.tail.identity import DEFER, Copies, fingerprint, is_copy_of, line_start
+from shipper.tail.identity import DEFER, Copies, comparable, fingerprint, is_copy_of, line_start
 from shipper.tail.reader import FileReader
 from shipper.tail.registry import Entry, Registry, RegistryCorruptError
 
@@ -639,7 +639,7 @@ class Tailer:
         """Where to start a new file that holds what a file known from the registry held:
         copytruncate while we were stopped (the original now holds other content: resume
         where we stopped in it), or a plain copy of it (skip it: the original is read)."""
-        for e in self._registry.restored_like(head, fingerprint):
+        for e in self._registry.restored_like(head, fingerprint, comparable):
             try:
                 ofd = os.open(e.path, _OPEN_FLAGS)
             except OSError:
