@@ -58,7 +58,8 @@ class TailerMachine(RuleBasedStateMachine):
         return self.root / f"app.log.{self.rotations}"
 
     def _wait_adopted(self) -> None:
-        """Wait until the (re)started tailer has opened every file that has bytes."""
+        """Wait until the (re)started tailer has looked at every file that has bytes: opened
+        it, or found it unchanged since it was closed (nothing in it to read)."""
 
         def adopted() -> bool:
             t = self.h.tailer
@@ -71,7 +72,7 @@ class TailerMachine(RuleBasedStateMachine):
                     continue
                 if st_.st_size:
                     want.add(f"{st_.st_dev}:{st_.st_ino}")
-            return want <= set(t.open_files())
+            return want <= t.looked_at()
 
         self.h.wait(adopted)
 

@@ -114,12 +114,23 @@ class Copies:
     and recognises copies of files being read. Every byte not read because it was read
     from the original is counted (``bytes_skipped``)."""
 
-    def __init__(self, rotate_wait: float, ledger: Ledger, warn: Callable[..., None]) -> None:
+    def __init__(
+        self,
+        rotate_wait: float,
+        ledger: Ledger,
+        warn: Callable[..., None],
+        keep: float | None = None,
+    ) -> None:
         self._rotate_wait = rotate_wait
+        # How long a truncated file's old identity waits for its copy to turn up (the copy
+        # may be found by a rescan only).
+        self._keep = rotate_wait if keep is None else max(keep, rotate_wait)
         self._ledger = ledger
         self._warn = warn
         self._orphans: list[_Orphan] = []
-        self._pending: dict[str, float] = {}  # path of a copy being made -> give-up time
+        # A copy being made, by path: its identity (a path is reused by the next rotation)
+        # and when to stop waiting for its original's truncation.
+        self._pending: dict[str, tuple[str, float]] = {}
         self._heads: dict[FileReader, bytes] = {}  # open files' first bytes ...
         self._index: dict[bytes, set[FileReader]] = {}  # ... and the files by their start
 
@@ -152,24 +163,35 @@ class Copies:
     ) -> None:
         """A file with fingerprint ``fp`` was truncated (or found rewritten) after we read it
         up to ``offset``, with ``unread`` bytes seen in it but not read; remember it for
-        ``keep`` seconds (default ``rotate_wait``)."""
+        ``keep`` seconds (at least the default). Copies waiting (``pending``) are to be looked
+        at again now."""
         self._orphans.append(
             _Orphan(
                 fp_len=fp_len,
                 fp=fp,
                 offset=offset,
                 lost=unread,
-                expires=time.monotonic() + (self._rotate_wait if keep is None else keep),
+                expires=time.monotonic() + max(self._keep, keep or 0.0),
             )
         )
-        # Copies that waited for this truncation may now be read from where we stopped.
-        for path in self._pending:
-            self._pending[path] = 0.0
 
-    def match(self, path: str, head: bytes, size: int, fd: int) -> int | Literal["defer"] | None:
-        """Where to start reading a new file at ``path`` (on ``fd``, ``size`` bytes starting
-        with ``head``) that may be a copy of a known one: an offset, ``DEFER`` to look again
-        later, or None when it is no copy.
+    def _wait(self, path: str, ident: str) -> bool:
+        """True while the copy at ``path`` (identity ``ident``) may wait for a truncation."""
+        now = time.monotonic()
+        got = self._pending.get(path)
+        if got is None or got[0] != ident:
+            got = self._pending[path] = (ident, now + self._rotate_wait)
+        if now < got[1]:
+            return True
+        del self._pending[path]
+        return False
+
+    def match(
+        self, path: str, ident: str, head: bytes, size: int, fd: int
+    ) -> int | Literal["defer"] | None:
+        """Where to start reading a new file at ``path`` (identity ``ident``, on ``fd``,
+        ``size`` bytes starting with ``head``) that may be a copy of a known one: an offset,
+        ``DEFER`` to look again later, or None when it is no copy.
 
         Only open files that start with the same ``_INDEX_BYTES`` are candidates (so a new
         file costs the same however many files are open). Not found so: a copy shorter than
@@ -179,6 +201,13 @@ class Copies:
             # Nothing to tell it by yet (copytruncate's copy is empty when created): look
             # again once it has bytes, or copied content would be read as new.
             return DEFER
+        start = self._orphan_start(head, size)
+        if start is not None:
+            return start
+        return self._copy_of_open(path, ident, head, size, fd)
+
+    def _orphan_start(self, head: bytes, size: int) -> int | None:
+        """Where to read a copy of a file truncated lately; None if it is none."""
         for o in self._orphans:
             if comparable(o.fp_len, len(head)) and fingerprint(head[: o.fp_len]) == o.fp:
                 self._orphans.remove(o)
@@ -193,6 +222,13 @@ class Copies:
                 start = min(o.offset, size)
                 self._ledger.skipped_bytes("copy_resumed", start)
                 return start
+        return None
+
+    def _copy_of_open(
+        self, path: str, ident: str, head: bytes, size: int, fd: int
+    ) -> int | Literal["defer"] | None:
+        """Where to read a copy of a file open now: wait for its truncation (DEFER), or
+        skip it whole; None if it is none."""
         for r in list(self._index.get(head[:_INDEX_BYTES], ())):
             if r.rotated or r.path == path:
                 continue
@@ -207,19 +243,17 @@ class Copies:
                 and fingerprint(head[: e.fp_len]) == e.fp
             ):
                 # It starts like what ``r`` held before a truncation we have not handled
-                # yet: the truncation turns it into a known orphan in a moment.
-                give_up = self._pending.setdefault(path, time.monotonic() + self._rotate_wait)
-                if time.monotonic() < give_up:
-                    return DEFER
-                continue
-            if is_copy_of(fd, size, head, r.fd, of_size):
+                # yet: the truncation turns it into a known orphan in a moment. Should that
+                # not come, it is still the old content of a file we read: never read twice.
+                copy = True
+            else:
                 # A copy of a file we are reading (copytruncate's first step): wait for the
                 # truncation so the copy is read exactly from where we stopped. Without one,
                 # it is a plain copy: every byte of it is read from the original.
-                give_up = self._pending.setdefault(path, time.monotonic() + self._rotate_wait)
-                if time.monotonic() < give_up:
+                copy = is_copy_of(fd, size, head, r.fd, of_size)
+            if copy:
+                if self._wait(path, ident):
                     return DEFER
-                self._pending.pop(path, None)
                 self.skipped(path, size, of=r.path)
                 return size
         return None
@@ -237,8 +271,8 @@ class Copies:
             if o.lost:
                 self._ledger.lost_bytes("truncated_unread", o.lost)
                 self._warn("bytes_lost", reason="truncated_unread", bytes=o.lost)
-        for path, give_up in list(self._pending.items()):
-            if give_up and now > give_up + self._rotate_wait * 2:
+        for path, (_, give_up) in list(self._pending.items()):
+            if now > give_up + self._rotate_wait * 2:
                 del self._pending[path]
 
     def __repr__(self) -> str:

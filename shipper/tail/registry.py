@@ -332,6 +332,7 @@ class Registry:
         self._entries: dict[str, Entry] = {}
         self._fp_index: dict[int, dict[str, list[Entry]]] | None = None
         self.loaded = False
+        self.dirty = False  # an entry starts past 0 and is not saved yet
         self.existed = False  # a registry file was found at load (so this is a restart)
         self.healthy = True  # the last write succeeded
         self.last_error: str | None = None
@@ -599,7 +600,9 @@ class Registry:
         """Track a file not known by its identity; reading starts at ``start``.
 
         Nothing is saved now: the first lines handed on need a save anyway, and one save
-        covers every file opened in the same round.
+        covers every file opened in the same round. A start past 0 (what lies before it
+        was read from elsewhere, or is not wanted) sets ``dirty``: the caller saves before
+        the round ends, or a crash would have the file read from 0.
         """
         entry = Entry(
             dev=dev,
@@ -613,6 +616,8 @@ class Registry:
             restored=False,
         )
         self._entries[entry.key] = entry
+        if start:
+            self.dirty = True
         if len(self._entries) > self.max_entries:
             trimmed = self._trim(self.max_entries * 9 // 10, live=True)
             if trimmed:
@@ -757,6 +762,8 @@ class Registry:
         data, applied = self._snapshot(exact)
         ok = self._write(data)
         self._finish(ok, applied, exact)
+        if ok:
+            self.dirty = False
         return ok
 
     def _write(self, data: bytes) -> bool:

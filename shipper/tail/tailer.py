@@ -71,7 +71,9 @@ class Tailer:
         self._matchers = [Matcher(i.paths, i.exclude) for i in inputs]
         self._changes = ChangeSet()
         self._watcher = Watcher(self._changes)
-        self._copies = Copies(cfg.rotate_wait, ledger, self._warn)
+        self._copies = Copies(
+            cfg.rotate_wait, ledger, self._warn, keep=cfg.rescan_interval + cfg.poll_interval
+        )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._by_key: dict[str, FileReader] = {}
@@ -89,6 +91,7 @@ class Tailer:
         self._room: list[FileReader] | None = None  # idle readers to close for room, this round
         self._unopened: dict[str, int | None] = {}  # seen, never opened: path -> size if known
         self._deferred: set[str] = set()  # waiting for room under max_open_files
+        self._unchanged: set[str] = set()  # identities found unchanged since closed, this run
         self._flagged: dict[tuple[str, str], str] = {}  # (problem, path) -> identity, once
         self.unreadable_dirs: dict[str, str] = {}  # directory -> error, while it lasts
         self.watch_failed: dict[str, str] = {}  # directory -> error, while it lasts
@@ -154,6 +157,11 @@ class Tailer:
     def open_files(self) -> dict[str, str]:
         """Identity (``dev:ino``) -> path opened under, of every file open for reading."""
         return {key: r.path for key, r in list(self._by_key.items())}
+
+    def looked_at(self) -> set[str]:
+        """Identities (``dev:ino``) of the files open now, and of those found unchanged since
+        they were closed (not opened again: nothing in them to read)."""
+        return set(list(self._by_key) + list(self._unchanged))
 
     def problems(self) -> dict[str, Any]:
         """What keeps the tailer from doing all of its job, for /health (empty when none)."""
@@ -263,6 +271,8 @@ class Tailer:
                     next_full = now + cfg.rescan_interval
                 dirty = self._on_changes(changes, poll, full)
                 busy = self._read_all(None if full else dirty)
+                if self._registry.dirty:  # files started past 0 this round: one save for all
+                    self._registry.save()
                 if poll:
                     self._housekeeping(now, forget=now >= next_forget)
                     if now >= next_forget:
@@ -400,16 +410,7 @@ class Tailer:
             self._unopened.pop(path, None)
             self._registry.seen(known.entry, time.time())
             return
-        entry = self._registry.find(key)
-        if (entry is not None and self._registry.unchanged(entry, st)) or (
-            inp.ignore_older is not None and time.time() - st.st_mtime > inp.ignore_older
-        ):
-            # Closed idle with neither size nor mtime changed since (nothing to read), or
-            # too old to be read at all.
-            self._unopened.pop(path, None)
-            self._first_seen.pop(path, None)
-            if entry is not None:
-                self._registry.seen(entry, time.time())
+        if self._nothing_to_read(path, key, st, inp):
             return
         if len(self._by_key) >= self._cfg.max_open_files and not self._make_room():
             if path not in self._deferred:
@@ -434,6 +435,23 @@ class Tailer:
         except OSError as exc:
             os.close(fd)
             self._open_failed(path, exc)
+
+    def _nothing_to_read(self, path: str, key: str, st: os.stat_result, inp: InputConfig) -> bool:
+        """True (and noted) for a file closed idle with neither size nor mtime changed since,
+        or too old to be read at all."""
+        entry = self._registry.find(key)
+        unchanged = entry is not None and self._registry.unchanged(entry, st)
+        if unchanged:
+            if len(self._unchanged) >= _MAX_REMEMBERED:
+                self._unchanged.clear()
+            self._unchanged.add(key)
+        elif inp.ignore_older is None or time.time() - st.st_mtime <= inp.ignore_older:
+            return False
+        self._unopened.pop(path, None)
+        self._first_seen.pop(path, None)
+        if entry is not None:
+            self._registry.seen(entry, time.time())
+        return True
 
     def _target(self, path: str, idx: int) -> tuple[os.stat_result, bool] | None:  # noqa: PLR0911  # one exit per reason
         """The stat of what ``path`` names (through a link the input may follow) and whether
@@ -483,6 +501,7 @@ class Tailer:
             return
         self._unopened.pop(path, None)
         self._deferred.discard(path)
+        self._unchanged.discard(key)
         self.unreadable_files.discard(path)
         self._adopt(path, idx, fd, fst, linked)
 
@@ -608,7 +627,7 @@ class Tailer:
         """Registry entry and start offset for a file not known by this identity; None
         to look again later (a copy of a file being read, or an empty new file)."""
         size = st.st_size
-        copy = self._copies.match(path, head, size, fd)
+        copy = self._copies.match(path, f"{st.st_dev}:{st.st_ino}", head, size, fd)
         if copy == DEFER:
             self._retry.add(path)
             return None
@@ -755,8 +774,10 @@ class Tailer:
         return busy
 
     def _sizes(self, readers: list[FileReader]) -> list[tuple[FileReader, int]]:
-        """Each reader's size now; and one registry save that covers what this round may
-        hand on, for every file that needs it (new files, used-up reservations)."""
+        """Each reader's size now, its truncation handled and its fingerprint extended; and
+        one registry save that covers what this round may hand on, for every file that
+        needs it (new files, used-up reservations). The fingerprint is brought up to date
+        first: a position saved with the fingerprint of an empty file identifies nothing."""
         out: list[tuple[FileReader, int]] = []
         reg = self._registry
         need = False
@@ -766,6 +787,8 @@ class Tailer:
                 size = os.fstat(r.fd).st_size
             except OSError:
                 continue
+            if size < r.read_off or (size > r.read_off and not self._same_file(r)):
+                self._truncated(r, size)
             out.append((r, size))
             end = min(size, r.read_off + budget)
             if size > r.read_off and not reg.covered(r.entry, end):
@@ -776,8 +799,6 @@ class Tailer:
 
     def _read(self, r: FileReader, size: int) -> bool:
         """Read ``r`` up to the per-round budget; True if more is waiting."""
-        if size < r.read_off or (size > r.read_off and not self._same_file(r)):
-            self._truncated(r, size)
         r.size_seen = size
         if size <= r.read_off:
             r.behind_since = None
