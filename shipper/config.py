@@ -568,6 +568,9 @@ class Route:
     topic: str
     format: str
     fields: dict[str, str]
+    #: What the sender does with a line too long for the topic's batch limit (``truncate`` or
+    #: ``drop``, as the tailer does at ``max_line_bytes``).
+    long_lines: str = "truncate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -810,6 +813,7 @@ def _derive(cfg: Config, raw: Mapping[str, Any], env: Mapping[str, str], errors:
             topic=i.topic or kafka.topic,
             format=i.format or kafka.format,
             fields={**kafka.fields, **i.fields},
+            long_lines=i.long_lines,
         )
         for i in inputs
     )

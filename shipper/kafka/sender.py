@@ -2,9 +2,11 @@
 batch to the IO thread to write once, and settle the lines in the ledger.
 
 take -> split -> encode -> write -> settle. One thread does all of it; kafka-python's IO
-thread (driven by ``client.Client``) owns the sockets. A batch is written to at most one
-connection, once; if no leader connection is ready within ``unavailable_timeout`` it is
-dropped (``kafka_unavailable``).
+thread (driven by ``client.Client``) owns the sockets, and settles written lines as
+confirmed or unconfirmed when fences answer or connections break. A batch is written to at
+most one connection, once; if no leader connection is ready within ``unavailable_timeout``
+it is dropped (``kafka_unavailable``). A take never mixes topics: each input's lines go to
+its route's topic, in batches no larger than that topic accepts.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ from __future__ import annotations
 import threading
 import time
 import zlib
+from collections.abc import Callable, Hashable, Sequence
 from itertools import chain
 from typing import TYPE_CHECKING, Any, Final
 
-from shipper.kafka.client import Batch, Client, State
+from shipper.config import Route
+from shipper.kafka.client import Batch, Books, Client, State
 from shipper.kafka.encode import (
     HEADER_SIZE,
+    LINE_ROOM,
     RECORD_OVERHEAD,
     batch_size,
     compression_code,
@@ -29,7 +34,7 @@ from shipper.log import RateLimiter
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
-    from shipper.chunk import Source
+    from shipper.chunk import Chunk, Source
     from shipper.config import KafkaConfig
     from shipper.ledger import Ledger
     from shipper.queue import DropQueue
@@ -42,49 +47,64 @@ _CRASH_BACKOFF: Final = 1.0
 _WARN_INTERVAL: Final = 10.0
 
 
-def _by_path(source: Source) -> str:
-    return source.path
-
-
 class KafkaSender:
-    """Takes chunks from the queue, encodes record batches and writes them with acks=0."""
+    """Takes chunks from the queue, encodes record batches and writes them with acks=0.
+
+    ``routes[i]`` says where input ``i``'s lines go (its topic) and what happens to a line
+    too long for that topic; without routes every line goes to ``cfg.topic``.
+    """
 
     def __init__(
-        self, cfg: KafkaConfig, queue: DropQueue, ledger: Ledger, log: FilteringBoundLogger
+        self,
+        cfg: KafkaConfig,
+        routes: Sequence[Route],
+        queue: DropQueue,
+        ledger: Ledger,
+        log: FilteringBoundLogger,
     ) -> None:
         self._compression = compression_code(cfg.compression)  # the config checked it
         self._cfg = cfg
+        self._default = Route(topic=cfg.topic, format=cfg.format, fields={})
+        self._routes = tuple(routes) or (self._default,)
+        self._topics = tuple(dict.fromkeys(r.topic for r in self._routes))
         self._queue = queue
         self._ledger = ledger
+        self._books = Books(ledger)
         self._log = log
         self._limiter = RateLimiter(_WARN_INTERVAL)
-        self._lock = threading.Lock()  # batch state, shared with the IO thread
-        self._books = threading.Lock()  # ledger settlement vs. stop() giving up on us
-        self._books_closed = False
+        self._lock = threading.RLock()  # batch and link state, shared with the IO thread
         self._stop_deadline = [float("inf")]
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._client: Client | None = None
         self._outstanding: Batch | None = None
-        # Lines taken from the queue and not yet settled (sent or dropped) in the ledger.
+        # Lines taken from the queue and not yet settled (written or dropped) in the ledger.
         self._held_lines = 0
         self._held_bytes = 0
         self._raw_budget = cfg.batch_max_bytes - HEADER_SIZE
         self._crashes = 0
         self._dropped_unavailable = 0
+        self._host_key = zlib.crc32(cfg.host.encode()) if cfg.key == "host" else None
 
     # -- public ------------------------------------------------------------------------------
     @property
     def connected(self) -> bool:
-        """True while a connection to a leader of the topic is ready."""
+        """True while every topic has a ready connection to one of its leaders."""
         client = self._client
         return client is not None and client.connected and client.alive
 
-    def buffered_bytes(self) -> int:
-        """Bytes handed to Kafka connections and still in user space (bounded per connection
-        by ``max_in_flight_bytes``)."""
+    def in_flight_bytes(self) -> int:
+        """Bytes written to Kafka connections and not yet confirmed by a fence (bounded per
+        connection by ``max_in_flight_bytes``)."""
         client = self._client
-        return client.buffered_bytes() if client is not None else 0
+        return client.in_flight_bytes() if client is not None else 0
+
+    def health(self) -> dict[str, Any]:
+        """The Kafka part of /health: overall state and each broker's."""
+        client = self._client
+        if client is None or not client.alive:
+            return {"state": "unavailable", "brokers": {}}
+        return client.health()
 
     def start(self) -> None:
         """Start the sender thread and return at once; it connects in the background."""
@@ -94,7 +114,8 @@ class KafkaSender:
         self._thread.start()
 
     def stop(self, deadline: float) -> None:
-        """Drain the queue until empty or ``deadline`` (monotonic), flush, close, return."""
+        """Drain the queue until empty or ``deadline`` (monotonic), fence every connection and
+        wait for the answers until ``deadline``, close, return."""
         self._stop_deadline[0] = deadline
         self._stopping.set()
         self._queue.wake()
@@ -103,16 +124,16 @@ class KafkaSender:
             return
         thread.join(max(0.0, deadline - time.monotonic()) + _GRACE)
         if thread.is_alive():
-            # The caller settles what we still hold (as ``shutdown``); we must not any more.
-            with self._books:
-                self._books_closed = True
+            # The caller settles what we still hold (queued and in flight, as ``shutdown``);
+            # neither we nor the IO thread may touch the ledger any more.
+            self._books.close()
             self._log.error("sender_stop_timeout", held_lines=self._held_lines)
 
     # -- sender thread -----------------------------------------------------------------------
     def _run(self) -> None:
         self._log.info(
             "sender_started",
-            topic=self._cfg.topic,
+            topics=list(self._topics),
             bootstrap_servers=list(self._cfg.bootstrap_servers),
             compression=self._cfg.compression,
         )
@@ -137,20 +158,30 @@ class KafkaSender:
             self._finish_outstanding()
             self._abort_held("shutdown")  # runs not handed before the stop deadline
             if self._client is not None:
-                self._client.close(self._stop_deadline[0])
+                self._client.close(self._stop_deadline[0])  # final fences, then shutdown
         except Exception as e:  # noqa: BLE001
             self._log.exception("sender_close_error", error=repr(e))
         self._log.info("sender_stopped")
 
+    def _group(self) -> Callable[[Source], Hashable] | None:
+        """What a take must not mix: topics, and files too with ``key: path``."""
+        topic_of = [r.topic for r in self._routes]
+        default = self._default.topic
+
+        def topic(source: Source) -> str:
+            i = source.input
+            return topic_of[i] if i < len(topic_of) else default
+
+        if self._cfg.key == "path":
+            return lambda source: (topic(source), source.path)
+        if len(self._topics) > 1:
+            return topic
+        return None
+
     def _loop(self) -> None:
         cfg = self._cfg
         take = self._queue.take
-        max_bytes, max_lines = cfg.batch_max_bytes, cfg.batch_max_lines
-        by_file = cfg.key == "path"
-        group = _by_path if by_file else None
-        key: int | None = None
-        if cfg.key == "host":
-            key = zlib.crc32(cfg.host.encode())
+        group = self._group()
         while True:
             draining = self._stopping.is_set()
             if draining and time.monotonic() >= self._stop_deadline[0]:
@@ -162,36 +193,67 @@ class KafkaSender:
                 out = None
             # While a batch is still on its way, do not sleep on an empty queue: settle it.
             idle = 0.0 if draining or out is not None else _IDLE_WAIT
-            chunks = take(max_lines, self._raw_budget, idle, 0.0 if draining else cfg.linger, group)
+            linger = 0.0 if draining else cfg.linger
+            chunks = take(cfg.batch_max_lines, self._raw_budget, idle, linger, group)
             if not chunks:
                 self._finish_outstanding()
                 if draining:
                     return  # the queue is empty
                 continue
-            if len(chunks) == 1:
-                lines, nbytes = chunks[0].lines, chunks[0].nbytes
-            else:
-                lines = list(chain.from_iterable(c.lines for c in chunks))
-                nbytes = sum(c.nbytes for c in chunks)
-            if by_file:
-                key = zlib.crc32(chunks[0].source.path.encode())
-            self._held_lines += len(lines)
-            self._held_bytes += nbytes
-            self._adapt_budget(len(lines), nbytes)
-            for run, raw in split_batches(lines, max_bytes, max_lines):
-                if draining and time.monotonic() >= self._stop_deadline[0]:
-                    return  # the rest of this take is settled as ``shutdown``
-                if len(run) == 1 and batch_size(run) > max_bytes:
-                    self._settle_dropped("line_too_long", 1, raw)
-                    self._warn("line_too_long", line_bytes=raw, batch_max_bytes=max_bytes)
-                    continue
-                payload = encode_batch(run, int(time.time() * 1000), self._compression)
-                self._finish_outstanding()  # at most one batch waits while we encode the next
-                self._submit(client, Batch(payload, len(run), raw, 0.0, key))
+            if not self._ship(client, chunks, draining):
+                return  # the stop deadline passed: the rest is settled as ``shutdown``
 
-    def _adapt_budget(self, n: int, nbytes: int) -> None:
+    def _ship(self, client: Client, chunks: list[Chunk], draining: bool) -> bool:
+        """Split one take into batches of its topic's size, encode and submit each; False
+        when the stop deadline passed before all were submitted."""
+        cfg = self._cfg
+        first = chunks[0]
+        if len(chunks) == 1:
+            lines, nbytes = first.lines, first.nbytes
+        else:
+            lines = list(chain.from_iterable(c.lines for c in chunks))
+            nbytes = sum(c.nbytes for c in chunks)
+        i = first.source.input
+        route = self._routes[i] if i < len(self._routes) else self._default
+        topic = route.topic
+        key = self._host_key
+        if cfg.key == "path":
+            key = zlib.crc32(first.source.path.encode())
+        self._held_lines += len(lines)
+        self._held_bytes += nbytes
+        max_bytes = client.batch_limit(topic, time.monotonic() + cfg.unavailable_timeout)
+        self._adapt_budget(max_bytes, len(lines), nbytes)
+        for run, raw in split_batches(lines, max_bytes, cfg.batch_max_lines):
+            if draining and time.monotonic() >= self._stop_deadline[0]:
+                return False
+            if len(run) == 1 and batch_size(run) > max_bytes:
+                run, raw = self._too_long(run[0], raw, max_bytes, route)  # noqa: PLW2901
+                if not run:
+                    continue
+            payload = encode_batch(run, int(time.time() * 1000), self._compression)
+            self._finish_outstanding()  # at most one batch waits while we encode the next
+            self._submit(client, Batch(payload, len(run), raw, 0.0, key=key, topic=topic))
+        return True
+
+    def _too_long(
+        self, line: bytes, raw: int, max_bytes: int, route: Route
+    ) -> tuple[list[bytes], int]:
+        """A line no batch of its topic can hold: truncate it to fit (cut bytes counted as
+        ``line_too_long`` bytes) or drop it (``line_too_long``), as the input's
+        ``long_lines`` says."""
+        keep = max_bytes - LINE_ROOM
+        if route.long_lines == "truncate" and keep > 0:
+            self._settle_dropped("line_too_long", 0, raw - keep)
+            self._ledger.event("lines_truncated")
+            self._warn("line_truncated", by="sender", topic=route.topic, line_bytes=raw, kept=keep)
+            return [line[:keep]], keep
+        self._settle_dropped("line_too_long", 1, raw)
+        self._warn("line_too_long", topic=route.topic, line_bytes=raw, batch_max_bytes=max_bytes)
+        return [], 0
+
+    def _adapt_budget(self, max_bytes: int, n: int, nbytes: int) -> None:
         # Take about one batch worth of raw bytes, so a take rarely splits into two batches.
-        room = self._cfg.batch_max_bytes - HEADER_SIZE
+        room = max_bytes - HEADER_SIZE
         self._raw_budget = max(1, room * nbytes // (nbytes + RECORD_OVERHEAD * n))
 
     def _ensure_client(self) -> Client:
@@ -201,9 +263,18 @@ class KafkaSender:
         if client is not None:
             self._log.error("kafka_io_crashed")
             self._finish_outstanding()
-            client.close(time.monotonic())
+            client.close(time.monotonic(), reason="connection_closed")
             self._client = None
-        client = Client(self._cfg, self._log, self._lock, self._limiter, self._stop_deadline)
+        client = Client(
+            self._cfg,
+            self._topics,
+            self._books,
+            self._log,
+            lock=self._lock,
+            limiter=self._limiter,
+            stop_deadline=self._stop_deadline,
+            on_confirmed=self._queue.delivered,
+        )
         self._client = client
         client.start()
         return client
@@ -229,13 +300,9 @@ class KafkaSender:
                 if batch.state is State.WAITING:
                     batch.state = State.ABANDONED
         self._outstanding = None
-        if batch.state is State.SENT:
+        if batch.state is State.SENT:  # the IO thread moved it to in flight in the ledger
             self._held_lines -= batch.lines
             self._held_bytes -= batch.nbytes
-            self._queue.delivered()
-            with self._books:
-                if not self._books_closed:
-                    self._ledger.sent(batch.lines, batch.nbytes)
         elif batch.state is State.SHUTDOWN:
             self._settle_dropped("shutdown", batch.lines, batch.nbytes)
         else:
@@ -253,9 +320,7 @@ class KafkaSender:
     def _settle_dropped(self, reason: str, lines: int, nbytes: int) -> None:
         self._held_lines -= lines
         self._held_bytes -= nbytes
-        with self._books:
-            if not self._books_closed:
-                self._ledger.dropped(reason, lines, nbytes)
+        self._books.dropped(reason, lines, nbytes)
 
     def _abort_held(self, reason: str) -> None:
         """Settle everything taken and still unsettled (the outstanding batch first)."""
