@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kafka import KafkaConsumer
 
-from shipper.config import KafkaConfig, QueueConfig
+from shipper.chunk import Chunk, Source
+from shipper.config import KafkaConfig, QueueConfig, build
 from shipper.kafka.encode import (
     available_compressions,
     compression_code,
@@ -73,14 +74,16 @@ def bench_encode(lines: list[bytes], batch_bytes: int, batch_lines: int) -> None
         )
 
 
-def bench_kafka(bootstrap: str, lines: list[bytes], compression: str) -> bool:
+def bench_kafka(bootstrap: str, lines: list[bytes], compression: str, **kafka: Any) -> bool:
     """Send ``lines`` through KafkaSender (real Ledger/DropQueue), read back, check, report."""
     configure("warning", "console")
     topic = f"bench-{uuid.uuid4().hex[:8]}"
     ledger = Ledger()
     queue = DropQueue(QueueConfig(max_lines=2_000_000, max_bytes=1 << 30), ledger)
-    cfg = KafkaConfig(bootstrap_servers=[bootstrap], topic=topic, compression=compression)
-    sender = KafkaSender(cfg, queue, ledger, get_logger())
+    cfg = build(
+        KafkaConfig, bootstrap_servers=[bootstrap], topic=topic, compression=compression, **kafka
+    )
+    sender = KafkaSender(cfg, (), queue, ledger, get_logger())
     t = time.monotonic()
     sender.start()
     print(f"start() returned in {1000 * (time.monotonic() - t):.1f} ms")
@@ -93,27 +96,34 @@ def bench_kafka(bootstrap: str, lines: list[bytes], compression: str) -> bool:
         for i in range(0, len(lines), 1000)
     ]
 
+    source = Source("/bench.log", 0)
+
     def feed() -> None:
         for chunk, nbytes in chunks:
-            queue.put(chunk, nbytes)
+            queue.put(Chunk(chunk, nbytes, source, 0.0))
 
     t0, c0 = time.monotonic(), cpu()
     feeder = threading.Thread(target=feed)
     feeder.start()
     feeder.join()
-    while ledger.snapshot().queued_lines:
+    while ledger.snapshot().confirmed_lines < len(lines):
         time.sleep(0.0005)
     dt, dc = time.monotonic() - t0, cpu() - c0
-    sender.stop(time.monotonic() + 10)  # flushes sockets (kernel send queues included)
+    sender.stop(time.monotonic() + 10)
     df, dfc = time.monotonic() - t0, cpu() - c0
     snap = ledger.snapshot()
     n = len(lines)
     print(
-        f"sender {compression:6s} {n:,d} lines handed in {dt:.2f} s: {n / dt:,.0f} lines/s, "
+        f"sender {compression:6s} {n:,d} lines confirmed in {dt:.2f} s: {n / dt:,.0f} lines/s, "
         f"process CPU {dc:.2f} s ({100 * dc / dt:.0f}% of a core); incl. flush+close "
         f"{df:.2f} s: {n / df:,.0f} lines/s, {n / dfc:,.0f} lines/cpu-s"
     )
     print("ledger:", snap.as_log())
+    rtt = snap.fence_rtt
+    print(
+        f"fences {snap.events.get('kafka_fences', 0):,d}: round trip p50 <= "
+        f"{rtt.quantile(0.5)} s, p99 <= {rtt.quantile(0.99)} s"
+    )
 
     t1 = time.monotonic()
     consumer: Any = KafkaConsumer(
@@ -155,6 +165,9 @@ def main() -> int:
     ap.add_argument("--batch-lines", type=int, default=20_000)
     ap.add_argument("--kafka", metavar="HOST:PORT", help="also run end to end against this broker")
     ap.add_argument("--compression", default="none")
+    ap.add_argument("--fence-bytes", default="1MiB", help="kafka.fence_bytes")
+    ap.add_argument("--fence-interval", default="100ms", help="kafka.fence_interval")
+    ap.add_argument("--max-in-flight", default="1MiB", help="kafka.max_in_flight_bytes")
     ap.add_argument("--profile", action="store_true", help="cProfile the plain encode")
     args = ap.parse_args()
     lines = make_lines(args.lines, args.size)
@@ -167,7 +180,15 @@ def main() -> int:
         )
     bench_encode(lines, args.batch_bytes, args.batch_lines)
     if args.kafka:
-        return 0 if bench_kafka(args.kafka, lines, args.compression) else 1
+        ok = bench_kafka(
+            args.kafka,
+            lines,
+            args.compression,
+            fence_bytes=args.fence_bytes,
+            fence_interval=args.fence_interval,
+            max_in_flight_bytes=args.max_in_flight,
+        )
+        return 0 if ok else 1
     return 0
 
 

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["Batch", "Books", "Client", "State"]
 
 _TICK: Final = 0.25  # IO-thread housekeeping period: connect leaders, stalls, limits
-_RECHECK_ROOM: Final = 0.001  # a waiting batch re-checks a full connection this often
+_RECHECK_ROOM: Final = 0.05  # a batch waiting for a fence's answer re-checks this often
 _RECHECK_CONN: Final = 0.01  # ... and a missing connection this often
 #: Connections closed by the broker right after produces, in a row, that mean "rejected".
 REJECT_STREAK: Final = 3
@@ -231,6 +231,7 @@ class Client:
         self._nparts: dict[str, int] = {}  # partitions of a topic, with or without a leader
         self._rr: dict[str, int] = {}
         self._links: dict[Any, _Link] = {}  # connection -> its link
+        self._room_waiters: list[Any] = []  # futures of batches waiting for a fence's answer
         self._nodes: dict[int, _Node] = {}
         self._last_error: tuple[str, str, str] | None = None  # (reason, address, error)
         # Limits: topic -> max.message.bytes, broker -> message.max.bytes, topic -> size
@@ -729,6 +730,9 @@ class Client:
                         self._streak.pop(topic, None)
                     if f is seg:
                         break
+                waiters, self._room_waiters = self._room_waiters, []
+                for waiter in waiters:
+                    self._wake(waiter)  # batches waiting for room: some was freed
                 node = self._nodes.setdefault(link.node, _Node())
                 node.rtt = now - seg.at
                 node.stalled_since = None
@@ -874,33 +878,56 @@ class Client:
 
     async def _io_deliver(self, batch: Batch) -> None:
         size = len(batch.payload)
-        wait = _RECHECK_CONN
         while True:
             with self._lock:
                 if batch.state is not State.WAITING:
                     return  # abandoned by the sender thread
-                try:
-                    now = time.monotonic()
-                    if now >= self._stop_deadline[0]:
-                        batch.state = State.SHUTDOWN
-                    elif now >= batch.deadline:
-                        batch.state = State.UNAVAILABLE
-                    else:
-                        link, partition, wait = self._io_pick(batch.topic, size, batch.key)
-                        if link is not None:
-                            if self._io_write(link, partition, batch):  # never raises
-                                batch.state = State.SENT
-                                if not self.connected:
-                                    self._io_update_connected()
-                            else:
-                                wait = _RECHECK_CONN
-                except Exception as e:  # noqa: BLE001 - a bug before any write: drop, count
-                    self._log.exception("kafka_io_error", error=repr(e))
-                    batch.state = State.UNAVAILABLE
+                wait = self._io_attempt(batch, size)
                 if batch.state is not State.WAITING:
                     batch.done.set()
                     return
-            await self._net.sleep(wait)
+            if wait == _RECHECK_ROOM:
+                await self._io_wait_for_room(wait)  # woken early by a fence's answer
+            else:
+                await self._net.sleep(wait)
+
+    def _io_attempt(self, batch: Batch, size: int) -> float:
+        """Write ``batch`` if a connection is ready and has room, or settle it past its
+        deadline; return how long to wait before the next attempt."""
+        try:
+            now = time.monotonic()
+            if now >= self._stop_deadline[0]:
+                batch.state = State.SHUTDOWN
+                return 0.0
+            if now >= batch.deadline:
+                batch.state = State.UNAVAILABLE
+                return 0.0
+            link, partition, wait = self._io_pick(batch.topic, size, batch.key)
+            if link is None:
+                return wait
+            if not self._io_write(link, partition, batch):  # never raises
+                return _RECHECK_CONN
+            batch.state = State.SENT
+            if not self.connected:
+                self._io_update_connected()
+        except Exception as e:  # noqa: BLE001 - a bug before any write: drop, count
+            self._log.exception("kafka_io_error", error=repr(e))
+            batch.state = State.UNAVAILABLE
+        return 0.0
+
+    async def _io_wait_for_room(self, timeout: float) -> None:
+        waiter = compat.Future()
+        self._room_waiters.append(waiter)
+        timer = self._net.call_later(timeout, lambda: self._wake(waiter))
+        try:
+            await waiter
+        finally:
+            self._net.cancel(timer)
+
+    @staticmethod
+    def _wake(waiter: Any) -> None:
+        if not waiter.is_done:
+            waiter.success(None)
 
     def _warn(self, event: str, **kw: Any) -> None:
         self._limiter.warn(self._log, event, **kw)

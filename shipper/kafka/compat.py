@@ -22,6 +22,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", r".* is deprecated\. Use files", DeprecationWarning)
     import kafka.codec
     import kafka.errors as kerr
+    from kafka.future import Future
     from kafka.net.manager import KafkaConnectionManager
     from kafka.net.selector import NetworkSelector
     from kafka.protocol.admin import DescribeConfigsRequest
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "REQUEST_TIMEOUT_MS",
     "ConnectHook",
+    "Future",
     "TopicPartition",
     "abort",
     "backoff",
