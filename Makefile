@@ -29,7 +29,7 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check shipper tests bench scripts
 	$(BIN)/mypy
-	scripts/kafka-local fetch >/dev/null
+	scripts/kafka-local fetch --security >/dev/null
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
