@@ -203,7 +203,12 @@ class MetricsServer:
         self._server = ThreadingHTTPServer((host.strip("[]") or "0.0.0.0", int(port)), Handler)  # noqa: S104
         self._server.daemon_threads = True
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="shipper-metrics", daemon=True
+            target=self._server.serve_forever,
+            # shutdown() waits for the loop to notice: 50 ms, not the default half second
+            # (it is on the path of every stop, whose deadline is drain_timeout + 1 s).
+            kwargs={"poll_interval": 0.05},
+            name="shipper-metrics",
+            daemon=True,
         )
 
     @property

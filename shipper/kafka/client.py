@@ -532,12 +532,14 @@ class Client:
         if died is not None:
             self._log.warning("kafka_metadata_loop_restart", error=repr(died))
         now = time.monotonic()
-        if not all(self._routes.get(t) for t in self._topics) and now - self._last_nudge >= 1.0:
-            self._last_nudge = now  # a topic without a usable partition: ask again, 1/s
-            cluster.request_update()
         with self._lock:
             self._io_watch_links(now)
         ready = self._io_update_connected()
+        if not ready and now - self._last_nudge >= 1.0:
+            # A topic without a ready leader connection: the leader may have moved (or the
+            # topic may appear); ask for metadata again, at most once a second.
+            self._last_nudge = now
+            cluster.request_update()
         if self._manager.bootstrapped:
             self._io_ask_limits()
         if not ready:
