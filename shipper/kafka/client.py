@@ -250,6 +250,7 @@ class Client:
         # Rejections: topic -> closes in a row right after produces, and what they held.
         self._streak: dict[str, list[tuple[int, int, int]]] = {}
         self.connected = False
+        self._ready_nodes: frozenset[int] = frozenset()  # leaders with a ready connection
         self._down_since = time.monotonic()
         self._closing = False
         self._last_nudge = 0.0
@@ -311,7 +312,7 @@ class Client:
                 if node.stalled_since is not None:
                     doc["state"] = "stalled"
                     doc["stalled_for"] = round(now - node.stalled_since, 1)
-                elif node_id in held or self._ready(node_id):
+                elif node_id in held or node_id in self._ready_nodes:
                     doc["state"] = "connected"
                     doc["in_flight_bytes"] = held.get(node_id, 0)
                     if node.rtt is not None:
@@ -496,6 +497,7 @@ class Client:
         if node is not None:
             node.address = address
         if exc is None:
+            self._last_error = None
             if node is not None:
                 if node.connected_at is not None:
                     self._ledger.event("kafka_reconnects")
@@ -578,13 +580,16 @@ class Client:
         """Connect to every leader (in the background), and note whether each topic has a
         ready one."""
         ready = bool(self._topics)
+        ready_nodes = set()
         for topic in self._topics:
             found = False
             for leader in {leader for _, leader in self._routes.get(topic, ())}:
                 conn = self._io_conn(leader)  # connects in the background when needed
                 if conn is not None and conn.connected and not conn.paused:
                     found = True
+                    ready_nodes.add(leader)
             ready = ready and found
+        self._ready_nodes = frozenset(ready_nodes)
         self._io_set_connected(ready)
         return ready
 
@@ -608,9 +613,6 @@ class Client:
         except compat.kerr.KafkaError as e:  # cached auth failures and the like
             self._warn("kafka_connect_error", node=node_id, error=repr(e))
             return None
-
-    def _ready(self, node_id: int) -> bool:
-        return any(c.node_id == node_id and c.connected for c in compat.connections(self._manager))
 
     # -- IO thread: writing and fencing ----------------------------------------------------
     def _io_pick(self, topic: str, size: int, key: int | None) -> tuple[Any, int, float]:
