@@ -678,13 +678,13 @@ class Client:
             self._books.unconfirmed("connection_closed", batch.lines, batch.nbytes)
             return True
         seg = link.open
-        first = not seg.lines
+        if not seg.lines:  # the first batch since the last fence
+            link.opened = time.monotonic()
         seg.add(batch.topic, batch.lines, batch.nbytes, wire)
         link.held += wire
         if seg.wire >= self._fence_bytes:
             self._io_fence(link)
-        elif first:
-            link.opened = time.monotonic()
+        elif seg.lines == batch.lines:
             self._net.call_later(self._fence_interval, lambda: self._io_fence_due(link, seg))
         return True
 
