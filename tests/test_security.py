@@ -16,6 +16,7 @@ import pytest
 from shipper.config import KafkaConfig, Secret, SecurityConfig, build
 from shipper.kafka import compat, security
 from shipper.kafka.compat import kerr
+from tests.conftest import ROOT
 from tests.support.pki import Pki, make_pki
 
 PASSWORD = "S3cret-Pa55word-for-tests"
@@ -291,14 +292,15 @@ def test_each_tls_failure_gets_its_reason(
     expect: str,
 ) -> None:
     """A real failed connection through our connection manager names what went wrong."""
-    host, raw = "localhost", {"protocol": "ssl", "tls": tls(pki)}
+    host = "localhost"
+    raw: dict[str, Any] = {"protocol": "ssl", "tls": tls(pki)}
     if case == "tls_to_plaintext_port":
         server = serve(plaintext_port)
     elif case == "plaintext_to_tls_port":
         server, raw = serve(tls_port_alert), {"protocol": "plaintext"}
     elif case == "untrusted_certificate":
-        server, raw = serve(tls_server(pki)), {"protocol": "ssl", "tls": tls(pki)}
-        raw["tls"]["ca_file"] = str(pki.other_ca)
+        server = serve(tls_server(pki))
+        raw = {"protocol": "ssl", "tls": {"ca_file": str(pki.other_ca)}}
     elif case == "hostname_mismatch":
         server, host = serve(tls_server(pki)), "127.0.0.1"
     else:
@@ -343,15 +345,11 @@ def test_nothing_listening_is_not_a_security_failure() -> None:
 
 
 def _handshake_failed(inner: BaseException) -> BaseException:
-    """The exception kafka-python raises when a TLS handshake fails, cause included."""
-    try:
-        try:
-            raise inner
-        except Exception as e:
-            raise kerr.KafkaConnectionError(f"Handshake failed: {e}") from None
-    except kerr.KafkaConnectionError as outer:
-        outer.__context__ = inner
-        return outer
+    """The exception kafka-python raises when a TLS handshake fails: the SSL error is its
+    context (it raises inside ``except``)."""
+    outer: BaseException = kerr.KafkaConnectionError(f"Handshake failed: {inner}")
+    outer.__context__ = inner
+    return outer
 
 
 def _expired() -> ssl.SSLCertVerificationError:
@@ -394,3 +392,10 @@ def test_kafka_errors_map_to_reasons(exc: BaseException, expect: str) -> None:
 def test_every_security_reason_is_explained() -> None:
     """Each reason logged as kafka_auth_failed has an explanation for the operator."""
     assert security.REASONS.keys() >= security.AUTH_REASONS
+
+
+def test_every_security_reason_is_in_the_readme() -> None:
+    """Each kafka_auth_failed reason is listed in the README for operators."""
+    readme = (ROOT / "README.md").read_text()
+    missing = [r for r in sorted(security.AUTH_REASONS) if f"`{r}`" not in readme]
+    assert not missing
