@@ -213,8 +213,8 @@ class FakeServer:
 
 
 def drain(conn: socket.socket) -> None:
-    """Read what the client sent until it stops, so closing sends FIN, not RST."""
-    conn.settimeout(1.0)
+    """Read what the client sends until it hangs up, so our close sends FIN, not RST."""
+    conn.settimeout(10.0)
     try:
         while conn.recv(65536):
             pass
