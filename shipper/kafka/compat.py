@@ -117,7 +117,7 @@ def _deliver_data_before_eof(cls: type[Any]) -> None:
             return data, None
         return data, err
 
-    _sock_recv._shipper_eof_first = True  # type: ignore[attr-defined]
+    _sock_recv._shipper_eof_first = True  # type: ignore[attr-defined]  # our marker: applied
     cls._sock_recv = _sock_recv
 
 
@@ -362,7 +362,8 @@ def check() -> None:
         )
         for obj, names in wanted:
             for name in names:
-                assert hasattr(obj, name), f"kafka-python moved {type(obj).__name__}.{name}"
+                owner = obj if isinstance(obj, type) else type(obj)
+                assert hasattr(obj, name), f"kafka-python moved {owner.__name__}.{name}"
         assert hasattr(ProduceRequest, "TopicProduceData"), "ProduceRequest layout changed"
         assert hasattr(MetadataRequest, "MetadataRequestTopic"), "MetadataRequest layout changed"
         for cls in (KafkaTCPTransport, KafkaSSLTransport):
