@@ -363,11 +363,12 @@ def _step(live: _Live, rate: int, label: str, opts: Options) -> tuple[StepResult
     end_total = _wait_delivered(live, base + written) if written else live.topic.total()
     window = w1 - w0
     cpu = round((cpu1 - cpu0) / window * 100, 2) if cpu0 is not None and cpu1 is not None else None
-    lps = (
-        round((total1 - (total0 or 0)) / window, 1)
-        if total1 is not None and window > 0
-        else (0.0 if written == 0 else None)
-    )
+    if total0 is None and total1 is not None and written:
+        lps = None  # the topic appeared inside the window: its first count is not a rate
+    elif total1 is not None and window > 0:
+        lps = round((total1 - (total0 or 0)) / window, 1)
+    else:
+        lps = 0.0 if written == 0 else None
     res = StepResult(
         label=label,
         rate=rate,
