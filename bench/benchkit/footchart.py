@@ -133,7 +133,8 @@ def _footer(fp: dict[str, Any]) -> str:
                     f"{r['variant'].replace('_', ' ')} @ {s['rate']:,}/s: "
                     f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms"
                 )
-    met = [f"{t['id']}: {'met' if t['met'] else 'NOT met'}" for t in fp.get("targets", [])]
+    verdicts = {True: "met", False: "NOT met", None: "no figures"}
+    met = [f"{t['id']}: {verdicts[t['met']]}" for t in fp.get("targets", [])]
     line1 = "shipper write->broker: " + "; ".join(parts) if parts else ""
     return line1 + ("\ntargets: " + ", ".join(met) if met else "")
 

@@ -594,7 +594,9 @@ def _shipper_step(runs: list[dict[str, Any]], variant: str, rate: int) -> dict[s
 def evaluate_targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """Issue 12's targets for the shipper: met or not, with every figure that decides it."""
     runs, idle = doc["runs"], [i for i in doc["idle"] if i["program"] == "shipper"]
-    variants = [v for v in VARIANTS if any(r["variant"] == v for r in runs)]
+    variants = [
+        v for v in VARIANTS if any(r["program"] == "shipper" and r["variant"] == v for r in runs)
+    ]
 
     def step_value(variant: str, rate: int, key: str) -> float | None:
         s = _shipper_step(runs, variant, rate)
@@ -657,7 +659,7 @@ def evaluate_targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
         {
             "id": tid,
             "target": text,
-            "met": bool(checks) and all(c["met"] for c in checks),
+            "met": all(c["met"] for c in checks) if checks else None,  # None: no figures
             "checks": checks,
         }
         for tid, text, checks in targets
@@ -744,5 +746,6 @@ def format_footprint(doc: dict[str, Any]) -> str:
         figures = ", ".join(
             f"{c['where']} {c['figure']} {_fmt(c['value'], '.2f')}" for c in t["checks"]
         )
-        rows.append(f"  [{'met' if t['met'] else 'NOT met'}] {t['target']}: {figures}")
+        verdict = {True: "met", False: "NOT met", None: "no figures"}[t["met"]]
+        rows.append(f"  [{verdict}] {t['target']}: {figures}")
     return "\n".join(rows)
