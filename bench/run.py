@@ -318,8 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     tmp = Path(tempfile.mkdtemp(prefix="shipper-bench-"))
-    opts = _options(ns, tmp)
     try:
+        opts = _options(ns, tmp)  # inside: a usage error must not leave the temp dir behind
         with session_broker(REPO, tmp) as broker:
             return _session(broker, ns, opts)
     except KeyboardInterrupt:
