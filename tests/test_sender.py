@@ -514,9 +514,9 @@ def test_start_never_blocks_and_unavailable_batches_are_dropped(rigs: list[Rig])
 @pytest.mark.parametrize(
     ("server", "reason"),
     [
-        ("dns", "dns_failure"),
+        ("dns", "unknown_host"),
         ("garbage", "not_kafka"),
-        ("hang_up", "closed_in_handshake"),
+        ("hang_up", "connection_closed"),
     ],
 )
 def test_bootstrap_failures_say_why(rigs: list[Rig], server: str, reason: str) -> None:

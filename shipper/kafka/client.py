@@ -25,7 +25,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
-from shipper.kafka import compat
+from shipper.kafka import compat, security
 from shipper.log import RateLimiter
 
 if TYPE_CHECKING:
@@ -234,6 +234,11 @@ class Client:
         self._room_waiters: list[Any] = []  # futures of batches waiting for a fence's answer
         self._nodes: dict[int, _Node] = {}
         self._last_error: tuple[str, str, str] | None = None  # (reason, address, error)
+        # broker -> reason of its last failed connection, while a security failure stands
+        self._auth_failures: dict[str, str] = {}  # IO thread only
+        #: The reason of the latest security failure (``security.AUTH_REASONS``) of a broker
+        #: that has not connected since, or None (set by the IO thread, read by any).
+        self.auth_failure: str | None = None
         # Limits: topic -> max.message.bytes, broker -> message.max.bytes, topic -> size
         # rejections brought a topic's batches down to; what is being asked, and when.
         self._topic_max: dict[str, int] = {}
@@ -496,7 +501,13 @@ class Client:
         node = None if bootstrap else self._nodes.setdefault(node_id, _Node())
         if node is not None:
             node.address = address
-        if exc is None:
+        why = None if exc is None else compat.connect_reason(exc)
+        failures = self._auth_failures
+        failures.pop(address, None)
+        if why in security.AUTH_REASONS:
+            failures[address] = why  # the latest last
+        self.auth_failure = next(reversed(failures.values()), None)
+        if exc is None or why is None:
             self._last_error = None
             if node is not None:
                 if node.connected_at is not None:
@@ -505,18 +516,31 @@ class Client:
                 node.stalled_since = None  # it answered the handshake
                 node.error = None
             return
-        reason = compat.connect_reason(exc)
         if node is not None:
-            node.error = reason
-        self._last_error = (reason, address, repr(exc))
+            node.error = why
+        self._last_error = (why, address, repr(exc))
         self._ledger.event("kafka_connect_failures")
+        if why in security.AUTH_REASONS:
+            # A security failure: one rate-limited line per reason saying which, counted,
+            # and on /health (kafka_auth_failed) until that broker lets us in.
+            self._ledger.event("kafka_auth_failed")
+            self._limiter.warn(
+                self._log,
+                "kafka_auth_failed",
+                key=f"kafka_auth_failed:{why}",
+                reason=why,
+                broker=address,
+                detail=str(exc)[:300],
+                **security.describe(self._cfg.security),
+            )
+            return
         self._limiter.warn(
             self._log,
             "kafka_connect_failed",
-            key=f"kafka_connect_failed:{node_id}:{reason}",
+            key=f"kafka_connect_failed:{node_id}:{why}",
             node=node_id if not bootstrap else None,
             address=address,
-            reason=reason,
+            reason=why,
             error=repr(exc),
         )
 
@@ -561,20 +585,22 @@ class Client:
             self._ledger.set_gauge(f"kafka_in_flight_bytes:{node_id}", held)
 
     def _unavailable_reason(self) -> str:
+        if self.auth_failure is not None:
+            return self.auth_failure  # kafka_auth_failed said which, and how
         if not self._manager.bootstrapped:
-            if self._last_error is not None:
-                reason, address, _ = self._last_error
-                return f"bootstrap failed: {reason} ({address})"
-            return "bootstrapping"
+            if self._last_error is None:
+                return "bootstrapping"
+            reason, address, _ = self._last_error
+            return f"bootstrap failed: {reason} ({address})"
         missing = [t for t in self._topics if not self._routes.get(t)]
-        if missing:
-            return f"no leader for topic {missing[0]}"
+        why = f"no leader for topic {missing[0]}" if missing else "leader connection not ready"
         for node in self._nodes.values():
             if node.stalled_since is not None:
-                return f"broker stalled ({node.address})"
-            if node.error:
-                return f"leader connection failed: {node.error} ({node.address})"
-        return "leader connection not ready"
+                why = f"broker stalled ({node.address})"
+                break
+            if node.error and not missing:
+                why = f"leader connection failed: {node.error} ({node.address})"
+        return why
 
     def _io_update_connected(self) -> bool:
         """Connect to every leader (in the background), and note whether each topic has a

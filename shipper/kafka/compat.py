@@ -5,14 +5,16 @@ We use kafka-python 3's own network layer (selector, connection manager, cluster
 protocol classes) to write pre-encoded record batches with acks=0, to send fences (small
 requests whose answer confirms every produce written before them on a connection) and to
 read the topic's and brokers' size limits; and we read a few private attributes to learn
-how connection attempts end and to restart the metadata loop.
+how connection attempts end and to restart the metadata loop. Our connection manager also
+retries after an authentication failure; ``ask_metadata`` serves ``validate --connect``.
 """
 
 from __future__ import annotations
 
-import errno
+import gc
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
 
@@ -25,20 +27,25 @@ with warnings.catch_warnings():
     from kafka.future import Future
     from kafka.net.manager import KafkaConnectionManager
     from kafka.net.selector import NetworkSelector
+    from kafka.net.transport import KafkaSSLTransport, KafkaTCPTransport
     from kafka.protocol.admin import DescribeConfigsRequest
     from kafka.protocol.metadata import MetadataRequest
     from kafka.protocol.producer import ProduceRequest
     from kafka.structs import TopicPartition
+
+from shipper.kafka import security
 
 if TYPE_CHECKING:
     from shipper.config import KafkaConfig
 
 __all__ = [
     "REQUEST_TIMEOUT_MS",
-    "ConnectHook",
+    "BrokerReply",
     "Future",
+    "OnConnect",
     "TopicPartition",
     "abort",
+    "ask_metadata",
     "backoff",
     "broker_ids",
     "check",
@@ -67,10 +74,12 @@ _MAX_IN_FLIGHT_REQUESTS: Final = 1000
 # DescribeConfigs resource types.
 _TOPIC: Final = 2
 _BROKER: Final = 4
+_ACL_WRITE: Final = 4  # AclOperation WRITE: its bit in a topic's authorized operations
 
-#: Called on the IO thread when a connection attempt ends: (node id, "host:port", error or
-#: None when the connection is ready).
-ConnectHook = Callable[[Any, str, BaseException | None], None]
+#: Called on the IO thread when a connection attempt ends: (node id, "host:port", None) once
+#: it is ready (TLS, SASL and the version handshake done), or (..., exception) when it
+#: failed. Bootstrap connections have string node ids ("bootstrap-0").
+OnConnect = Callable[[Any, str, BaseException | None], None]
 
 
 def codec() -> ModuleType:
@@ -79,31 +88,61 @@ def codec() -> ModuleType:
     return codec_module
 
 
-class _Manager(KafkaConnectionManager):  # type: ignore[misc]  # untyped library class
-    """kafka-python's connection manager, telling us how every connection attempt ends."""
+class _Manager(KafkaConnectionManager):  # type: ignore[misc]  # kafka-python is untyped
+    """kafka-python's connection manager, telling ``on_connect`` how each attempt ended.
 
-    def __init__(self, net: Any, on_connect: ConnectHook | None, **configs: Any) -> None:
+    kafka-python keeps an authentication failure and raises it on every later
+    ``get_connection`` without connecting again, so a daemon would never recover once the
+    broker is fixed. Here the failure is reported once per attempt, and the node is retried
+    after the usual reconnect backoff (``connect_backoff_max`` at most).
+    """
+
+    def __init__(self, net: Any, on_connect: OnConnect | None, **configs: Any) -> None:
         super().__init__(net, **configs)
-        self._on_connect = on_connect
+        self._shipper_on_connect = on_connect
 
-    def get_connection(self, node_id: Any, *args: Any, **kwargs: Any) -> Any:
-        fresh = node_id not in self._conns
-        conn = super().get_connection(node_id, *args, **kwargs)
-        hook = self._on_connect
-        if fresh and hook is not None:
-            node = self.cluster.broker_metadata(node_id)
-            address = f"{node.host}:{node.port}" if node is not None else "?"
+    async def _connect(self, node: Any, conn: Any, *args: Any, **kwargs: Any) -> None:
+        await super()._connect(node, conn, *args, **kwargs)
+        report = self._shipper_on_connect
+        fut = conn.init_future
+        if report is not None and fut.is_done:
+            report(node.node_id, f"{node.host}:{node.port}", fut.exception)
 
-            def done(value: Any) -> None:
-                hook(node_id, address, value if isinstance(value, BaseException) else None)
-
-            conn.init_future.add_both(done)
-        return conn
+    def maybe_raise_auth_failure(self, node_id: Any) -> None:
+        """Do not refuse: get_connection's backoff check spaces the retries instead."""
+        return
 
 
-def new_client(cfg: KafkaConfig, on_connect: ConnectHook | None = None) -> tuple[Any, Any]:
-    """Build kafka-python's selector and connection manager from our Kafka config;
-    ``on_connect`` hears how each connection attempt ends (on the IO thread)."""
+def _deliver_data_before_eof(cls: type[Any]) -> None:
+    """kafka-python 3.0.12 drops bytes that arrive together with the peer's close: a broker
+    that answers and hangs up (a failed SASL authentication, a TLS alert) then looks like a
+    bare disconnect. Hand the bytes over first; the close follows on the next read."""
+    recv = cls._sock_recv
+    if getattr(recv, "_shipper_eof_first", False):
+        return
+
+    def _sock_recv(self: Any) -> tuple[bytes, BaseException | None]:
+        held = self.__dict__.pop("_shipper_eof", None)
+        if held is not None:
+            return b"", held
+        data, err = recv(self)
+        if data and err is not None:
+            self._shipper_eof = err  # the socket stays readable at EOF: read again at once
+            return data, None
+        return data, err
+
+    _sock_recv._shipper_eof_first = True  # type: ignore[attr-defined]  # our marker: applied
+    cls._sock_recv = _sock_recv
+
+
+_deliver_data_before_eof(KafkaTCPTransport)
+_deliver_data_before_eof(KafkaSSLTransport)
+
+
+def new_client(cfg: KafkaConfig, on_connect: OnConnect | None = None) -> tuple[Any, Any]:
+    """Build kafka-python's selector and connection manager from our Kafka config, with
+    the connection security of ``cfg.security``; ``on_connect`` hears how each connection
+    attempt ends (on the IO thread)."""
     net = NetworkSelector(client_id=cfg.client_id)
     manager = _Manager(
         net,
@@ -115,8 +154,102 @@ def new_client(cfg: KafkaConfig, on_connect: ConnectHook | None = None) -> tuple
         request_timeout_ms=REQUEST_TIMEOUT_MS,
         metadata_max_age_ms=int(cfg.metadata_refresh * 1000),
         max_in_flight_requests_per_connection=_MAX_IN_FLIGHT_REQUESTS,
+        **security.options(cfg.security),
     )
     return net, manager
+
+
+@dataclass(slots=True)
+class BrokerReply:
+    """What one broker said to a Metadata request for one topic (``validate --connect``)."""
+
+    address: str
+    error: BaseException | None = None  # the connection or the request failed
+    ready: bool = False  # the connection got through TLS, SASL and the version handshake
+    tls: str | None = None  # the TLS version in use
+    brokers: dict[int, str] = field(default_factory=dict)  # node id -> host:port
+    topic_error: BaseException | None = None  # e.g. UnknownTopicOrPartitionError
+    leaders: dict[int, int] = field(default_factory=dict)  # partition -> leader node id
+    may_write: bool | None = None  # None: the broker did not say (older than Kafka 2.3)
+
+
+def ask_metadata(cfg: KafkaConfig, address: str, topic: str, timeout: float) -> BrokerReply:
+    """Connect to ``address`` alone with ``cfg``'s security, ask for ``topic``'s metadata and
+    our rights on it (without creating it), and close. Never raises for a broker problem."""
+    reply = BrokerReply(address)
+    net = NetworkSelector(client_id=cfg.client_id)
+    manager = _Manager(
+        net,
+        None,
+        bootstrap_servers=[address],
+        client_id=cfg.client_id,
+        request_timeout_ms=int(timeout * 1000),
+        socket_connection_setup_timeout_ms=int(timeout * 1000),
+        socket_connection_setup_timeout_max_ms=int(timeout * 1000),
+        **security.options(cfg.security),
+    )
+    node_id = manager.cluster.bootstrap_brokers()[0].node_id
+    request = MetadataRequest(
+        topics=[MetadataRequest.MetadataRequestTopic(name=topic)],
+        allow_auto_topic_creation=False,
+        include_cluster_authorized_operations=False,
+        include_topic_authorized_operations=True,
+    )
+
+    async def ask() -> None:
+        conn = manager.get_connection(node_id, timeout_ms=timeout * 1000)
+        await manager.wait_for(conn.init_future, timeout * 1000)
+        reply.ready = True
+        sock = getattr(conn.transport, "_sock", None)
+        version = getattr(sock, "version", None)
+        reply.tls = version() if callable(version) else None
+        response = await manager.wait_for(conn.send_request(request), timeout * 1000)
+        _read_metadata(response, topic, reply)
+
+    try:
+        manager.run(ask)
+    except Exception as e:  # noqa: BLE001 - every failure is the answer we report
+        reply.error = e
+    finally:
+        manager.close()
+        net.close()  # runs the closes just scheduled, then frees the selector
+    # kafka-python 3.0.12 does not close the socket of a connect attempt that fails; the
+    # garbage collector would, later, with a ResourceWarning in whatever code runs then.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        if reply.error is not None:
+            _drop_frames(reply.error)
+        gc.collect()
+    return reply
+
+
+def _drop_frames(exc: BaseException) -> None:
+    """Drop the tracebacks of ``exc`` and what it carries: their frames hold sockets."""
+    todo, seen = [exc], set()
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        e.__traceback__ = None
+        todo.extend(
+            x for x in (e.__cause__, e.__context__, *e.args) if isinstance(x, BaseException)
+        )
+
+
+def _read_metadata(response: Any, topic: str, reply: BrokerReply) -> None:
+    reply.brokers = {b.node_id: f"{b.host}:{b.port}" for b in response.brokers}
+    for t in response.topics:
+        if t.name != topic:
+            continue
+        error = kerr.for_code(t.error_code)
+        if error is not kerr.NoError:
+            reply.topic_error = error()
+            return
+        reply.leaders = {p.partition_index: p.leader_id for p in t.partitions}
+        ops = getattr(t, "authorized_operations", None)
+        if isinstance(ops, set | frozenset):
+            reply.may_write = _ACL_WRITE in ops
 
 
 def produce_request(topic: str, partition: int, records: bytes) -> Any:
@@ -223,35 +356,28 @@ def retriable(exc: BaseException) -> bool:
     return bool(getattr(exc, "retriable", False))
 
 
-# Words in kafka-python's connection errors, and the reason each one means, in order.
-_REASON_WORDS: Final = (
-    ("DNS", "dns_failure"),
-    ("ECONNREFUSED", "connection_refused"),
-    ("refused", "connection_refused"),
-    ("timed out", "connect_timeout"),
-    ("Handshake failed", "tls_failure"),
-    # The peer hung up in the handshake: not a Kafka listener, or one expecting TLS/SASL.
-    ("disconnected", "closed_in_handshake"),
-    (errno.errorcode[errno.ECONNRESET], "closed_in_handshake"),
-)
-
-
 def connect_reason(exc: BaseException) -> str:
-    """Why a connection attempt failed, as one stable word (the README lists them).
-
-    The one place an exception becomes a reason: TLS and SASL classifiers plug in here.
+    """Why a connection attempt failed, as one stable word: ``security.reason`` (TLS, SASL,
+    refused, unknown host, timeout, closed...), or ``not_kafka`` when bytes came back that
+    are no Kafka answer (an HTTP server, say). The one place an exception becomes a reason.
     """
-    if isinstance(exc, kerr.SaslAuthenticationFailedError | kerr.AuthorizationError):
-        return "auth_failed"
-    text = str(exc)
-    if isinstance(exc, kerr.KafkaProtocolError) or "correlation id" in text.lower():
-        return "not_kafka"  # bytes came back, but not a Kafka answer (an HTTP server...)
-    if is_timeout(exc):
-        return "no_response"  # connected, then no answer to ApiVersions in time
-    for word, reason in _REASON_WORDS:
-        if word in text:
-            return reason
-    return "connect_error"
+    why = security.reason(exc)
+    if why == "connection_failed" and _not_kafka(exc):
+        return "not_kafka"
+    return why
+
+
+def _not_kafka(exc: BaseException) -> bool:
+    todo, seen = [exc], set()
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, kerr.KafkaProtocolError) or "correlation id" in str(e).lower():
+            return True
+        todo.extend(x for x in (e.__cause__, e.__context__) if x is not None)
+    return False
 
 
 def restart_dead_refresh_loop(cluster: Any) -> BaseException | None:
@@ -287,6 +413,7 @@ def check() -> None:
                     "call_soon",
                     "call_soon_threadsafe",
                     "call_later",
+                    "cancel",
                     "sleep",
                 ),
             ),
@@ -294,12 +421,16 @@ def check() -> None:
                 manager,
                 (
                     "_conns",
+                    "_connect",
                     "cluster",
                     "get_connection",
+                    "maybe_raise_auth_failure",
                     "bootstrapped",
                     "close",
+                    "run",
                     "send",
                     "update_backoff",
+                    "wait_for",
                 ),
             ),
             (
@@ -315,14 +446,20 @@ def check() -> None:
                     "leader_for_partition",
                 ),
             ),
+            (KafkaTCPTransport, ("_sock_recv", "abort", "is_closing")),
+            (KafkaSSLTransport, ("_sock_recv",)),
         )
         for obj, names in wanted:
             for name in names:
-                assert hasattr(obj, name), f"kafka-python moved {type(obj).__name__}.{name}"
+                owner = obj if isinstance(obj, type) else type(obj)
+                assert hasattr(obj, name), f"kafka-python moved {owner.__name__}.{name}"
         assert hasattr(ProduceRequest, "TopicProduceData"), "ProduceRequest layout changed"
+        assert hasattr(MetadataRequest, "MetadataRequestTopic"), "MetadataRequest layout changed"
         assert hasattr(DescribeConfigsRequest, "DescribeConfigsResource"), (
             "DescribeConfigsRequest layout changed"
         )
+        for cls in (KafkaTCPTransport, KafkaSSLTransport):
+            assert getattr(cls._sock_recv, "_shipper_eof_first", False), "recv fix not applied"
     finally:
         manager.close()
         net.close()

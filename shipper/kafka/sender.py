@@ -93,6 +93,12 @@ class KafkaSender:
         client = self._client
         return client is not None and client.connected and client.alive
 
+    @property
+    def auth_failure(self) -> str | None:
+        """Why the brokers refuse us (``kafka_auth_failed``'s reason), or None."""
+        client = self._client
+        return client.auth_failure if client is not None else None
+
     def in_flight_bytes(self) -> int:
         """Bytes written to Kafka connections and not yet confirmed by a fence (bounded per
         connection by ``max_in_flight_bytes``)."""
