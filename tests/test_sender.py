@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from kafka.protocol.admin import DescribeConfigsRequest, DescribeConfigsResponse
+from kafka.protocol.consumer import ListOffsetsRequest, ListOffsetsResponse
 from kafka.protocol.metadata import (
     ApiVersionsRequest,
     ApiVersionsResponse,
@@ -53,6 +54,8 @@ class FakeCluster:
         self.message_max_bytes = 1048588  # every broker's message.max.bytes
         self.describe_configs = True  # answer DescribeConfigs (else: not advertised)
         self.rejected: list[int] = []  # sizes of the batches refused (connection closed)
+        self.not_ready: set[tuple[str, int]] = set()  # partitions their leader cannot take yet
+        self.probes = 0  # ListOffsets requests answered
 
     @property
     def bootstrap(self) -> str:
@@ -90,6 +93,7 @@ class FakeCluster:
             av = ApiVersionsResponse.ApiVersion
             keys = [
                 av(api_key=0, min_version=3, max_version=9),
+                av(api_key=2, min_version=1, max_version=7),
                 av(api_key=3, min_version=1, max_version=12),
                 av(api_key=18, min_version=0, max_version=3),
             ]
@@ -101,6 +105,9 @@ class FakeCluster:
         elif key == MetadataRequest.API_KEY:
             req = MetadataRequest.decode(payload, version=version, header=True)
             resp = self._metadata(req, version)
+        elif key == ListOffsetsRequest.API_KEY:
+            req = ListOffsetsRequest.decode(payload, version=version, header=True)
+            resp = self._list_offsets(node, req, version)
         elif key == DescribeConfigsRequest.API_KEY:
             req = DescribeConfigsRequest.decode(payload, version=version, header=True)
             resp = self._describe(req, version)
@@ -120,6 +127,33 @@ class FakeCluster:
             raise AssertionError(f"unexpected api key {key}")
         resp.with_header(correlation_id=req.header.correlation_id)
         return bytes(resp.encode(header=True, framed=True))
+
+    def _list_offsets(self, node: FakeNode, req: Any, version: int) -> Any:
+        """Ready (no error) only on the partition's leader, as a broker answers."""
+        r = ListOffsetsResponse.ListOffsetsTopicResponse
+        topics = []
+        with self.lock:
+            self.probes += 1
+            for t in req.topics:
+                leaders = self.topics.get(t.name)
+                parts = []
+                for p in t.partitions:
+                    leader = None if leaders is None else leaders.get(p.partition_index)
+                    error = 3 if leader is None else 0 if leader == node.node_id else 6
+                    if (t.name, p.partition_index) in self.not_ready:
+                        error = 6  # NOT_LEADER_OR_FOLLOWER: the log is not there yet
+                    parts.append(
+                        r.ListOffsetsPartitionResponse(
+                            partition_index=p.partition_index,
+                            error_code=error,
+                            old_style_offsets=[],
+                            timestamp=-1,
+                            offset=0,
+                            leader_epoch=0,
+                        )
+                    )
+                topics.append(r(name=t.name, partitions=parts))
+        return ListOffsetsResponse(version=version, throttle_time_ms=0, topics=topics)
 
     def _describe(self, req: Any, version: int) -> Any:
         r = DescribeConfigsResponse
@@ -461,6 +495,30 @@ def test_a_lone_line_is_confirmed_by_the_interval_fence(
     rig.stop()
 
 
+def test_nothing_is_written_before_the_leader_can_append(
+    cluster: FakeCluster, rigs: list[Rig]
+) -> None:
+    """A partition its leader cannot append to yet (a topic just created, a broker loading
+    its logs) gets no produce, which it would refuse; once it can, every line arrives."""
+    cluster.set_topic("fresh", {0: 1})
+    cluster.not_ready.add(("fresh", 0))
+    rig = Rig(cluster.bootstrap, topic="fresh", unavailable_timeout=30.0)
+    rigs.append(rig)
+    rig.sender.start()
+    lines = lines_of(500)
+    rig.put(lines)
+    wait_for(lambda: cluster.probes >= 3)  # asked, refused, asked again...
+    with cluster.lock:
+        assert cluster.produced == []
+        cluster.not_ready.clear()
+    wait_for(rig.settled)
+    rig.stop()
+    assert cluster.values("fresh") == lines
+    snap = rig.ledger.snapshot()
+    assert snap.confirmed_lines == len(lines)
+    assert snap.unconfirmed_total == 0
+
+
 def test_round_robin_over_partitions_and_leaders(cluster: FakeCluster, rigs: list[Rig]) -> None:
     """Batches go round-robin over partitions, each to its own leader."""
     cluster.set_topic("rr", {0: 1, 1: 2, 2: 1})
@@ -601,14 +659,15 @@ def test_shutdown_with_a_silent_broker_counts_unconfirmed(
     rig = Rig(cluster.bootstrap, stall_timeout=30.0, unavailable_timeout=30.0)
     rigs.append(rig)
     rig.sender.start()
-    wait_for(lambda: rig.sender.connected)
+    rig.put([b"warm-up"])  # the partition's leader says it is ready, the line is confirmed
+    wait_for(rig.settled)
     cluster.nodes[1].swallow()
     lines = lines_of(3000)
     rig.put(lines)
-    wait_for(lambda: rig.ledger.snapshot().sent_lines == len(lines))
+    wait_for(lambda: rig.ledger.snapshot().sent_lines == 1 + len(lines))
     assert rig.stop(0.5) < 0.5 + 1.0
     snap = rig.ledger.snapshot()
-    assert snap.confirmed_lines == 0
+    assert snap.confirmed_lines == 1
     assert snap.unconfirmed_lines["shutdown"] == len(lines)
     assert_bracketed(snap, cluster.values("logs"))
 

@@ -46,6 +46,7 @@ REJECT_STREAK: Final = 3
 #: The batch size rejections never halve below (unless the configured size is smaller).
 REJECT_FLOOR: Final = 16 * 1024
 _LIMIT_RETRY: Final = 5.0  # seconds before asking again for limits a broker did not answer
+_PROBE_RETRY: Final = 0.2  # seconds before asking a leader again whether it can append
 
 
 class State(enum.Enum):
@@ -230,6 +231,10 @@ class Client:
         self._routes: dict[str, tuple[tuple[int, int], ...]] = {}  # (partition, leader)
         self._nparts: dict[str, int] = {}  # partitions of a topic, with or without a leader
         self._rr: dict[str, int] = {}
+        # (topic, partition) -> the leader that said it is ready to append (ListOffsets
+        # answered without error); and when a probe went to ask, for those not known yet.
+        self._ready_parts: dict[tuple[str, int], int] = {}
+        self._probing: dict[tuple[str, int], float] = {}
         self._links: dict[Any, _Link] = {}  # connection -> its link
         self._room_waiters: list[Any] = []  # futures of batches waiting for a fence's answer
         self._nodes: dict[int, _Node] = {}
@@ -514,6 +519,10 @@ class Client:
                     self._ledger.event("kafka_reconnects")
                 node.connected_at = time.monotonic()
                 node.stalled_since = None  # it answered the handshake
+                # A new connection, maybe to a restarted broker still loading its logs: ask
+                # again before writing to each of its partitions.
+                for part in [k for k, v in self._ready_parts.items() if v == node_id]:
+                    del self._ready_parts[part]
                 node.error = None
             return
         if node is not None:
@@ -663,6 +672,9 @@ class Client:
                 continue
             if conn.transport.is_closing():
                 continue
+            if self._ready_parts.get((topic, partition)) != leader:
+                self._io_probe(conn, topic, partition, leader)
+                continue  # not before its leader said it can append: it would refuse
             link = self._links.get(conn)
             if link is None:
                 link = self._io_new_link(conn)
@@ -681,6 +693,43 @@ class Client:
         self._links[conn] = link
         conn.close_future.add_both(lambda value: self._io_closed(link, value))
         return link
+
+    def _io_probe(self, conn: Any, topic: str, partition: int, leader: int) -> None:
+        """Ask ``leader`` whether it can append to the partition yet (once at a time)."""
+        key = (topic, partition)
+        now = time.monotonic()
+        if now - self._probing.get(key, -_PROBE_RETRY) < _PROBE_RETRY:
+            return
+        self._probing[key] = now
+        try:
+            fut = conn.send_request(
+                compat.leader_ready_request(topic, partition), request_timeout_ms=self._stall_ms
+            )
+        except Exception as e:  # noqa: BLE001 - the connection is breaking: ask again later
+            self._warn("kafka_probe_error", node=leader, error=repr(e))
+            return
+        fut.add_callback(lambda resp: self._io_probed(key, leader, resp, None))
+        fut.add_errback(lambda exc: self._io_probed(key, leader, None, exc))
+
+    def _io_probed(
+        self, key: tuple[str, int], leader: int, resp: Any, exc: BaseException | None
+    ) -> None:
+        try:
+            with self._lock:
+                if exc is None:
+                    exc = compat.partition_error(resp, *key)
+                if exc is None:
+                    self._ready_parts[key] = leader
+                    self._probing.pop(key, None)
+                    waiters, self._room_waiters = self._room_waiters, []
+                    for waiter in waiters:
+                        self._wake(waiter)
+                    return
+                if not compat.retriable(exc):
+                    self._warn("kafka_partition_refused", topic=key[0], error=repr(exc))
+                self._cluster.request_update()  # not (or no longer) the leader, maybe
+        except Exception as e:  # noqa: BLE001 - kafka-python would swallow it: say it here
+            self._log.exception("kafka_probe_answer_error", error=repr(e))
 
     def _io_write(self, link: _Link, partition: int, batch: Batch) -> bool:
         """Write ``batch`` to the link's connection; True once written (or possibly written)."""

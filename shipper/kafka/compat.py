@@ -29,6 +29,7 @@ with warnings.catch_warnings():
     from kafka.net.selector import NetworkSelector
     from kafka.net.transport import KafkaSSLTransport, KafkaTCPTransport
     from kafka.protocol.admin import DescribeConfigsRequest
+    from kafka.protocol.consumer import ListOffsetsRequest
     from kafka.protocol.metadata import MetadataRequest
     from kafka.protocol.producer import ProduceRequest
     from kafka.structs import TopicPartition
@@ -59,7 +60,9 @@ __all__ = [
     "io_alive",
     "is_timeout",
     "kerr",
+    "leader_ready_request",
     "new_client",
+    "partition_error",
     "produce_request",
     "restart_dead_refresh_loop",
     "retriable",
@@ -285,6 +288,45 @@ def fence_request() -> Any:
     )
 
 
+def leader_ready_request(topic: str, partition: int) -> Any:
+    """ListOffsets (latest) for one partition: its leader answers it without an error only
+    once the partition is in its log, and a produce before then is refused (a topic just
+    created, a leader just elected, a broker still loading its logs)."""
+    part = ListOffsetsRequest.ListOffsetsTopic.ListOffsetsPartition
+    return ListOffsetsRequest(
+        replica_id=-1,
+        isolation_level=0,
+        topics=[
+            ListOffsetsRequest.ListOffsetsTopic(
+                name=topic,
+                partitions=[
+                    part(
+                        partition_index=partition,
+                        current_leader_epoch=-1,
+                        timestamp=-1,
+                        max_num_offsets=1,
+                    )
+                ],
+            )
+        ],
+        min_version=1,
+    )
+
+
+def partition_error(response: Any, topic: str, partition: int) -> BaseException | None:
+    """The error a ListOffsets answer gives for ``partition`` of ``topic`` (None: ready)."""
+    for t in response.topics:
+        if t.name != topic:
+            continue
+        for p in t.partitions:
+            if p.partition_index == partition:
+                error = kerr.for_code(p.error_code)
+                found: BaseException | None = None if error is kerr.NoError else error()
+                return found
+    missing: BaseException = kerr.UnknownTopicOrPartitionError(f"{topic}-{partition}: no answer")
+    return missing
+
+
 def describe_topic(topic: str) -> Any:
     """DescribeConfigs for the topic's ``max.message.bytes`` (its largest record batch)."""
     return _describe(_TOPIC, topic, "max.message.bytes")
@@ -457,6 +499,9 @@ def check() -> None:
         assert hasattr(MetadataRequest, "MetadataRequestTopic"), "MetadataRequest layout changed"
         assert hasattr(DescribeConfigsRequest, "DescribeConfigsResource"), (
             "DescribeConfigsRequest layout changed"
+        )
+        assert hasattr(ListOffsetsRequest.ListOffsetsTopic, "ListOffsetsPartition"), (
+            "ListOffsetsRequest layout changed"
         )
         for cls in (KafkaTCPTransport, KafkaSSLTransport):
             assert getattr(cls._sock_recv, "_shipper_eof_first", False), "recv fix not applied"

@@ -286,12 +286,13 @@ def check(
     run: Run,
     final: dict[str, Any],
     bootstrap: str,
-    failover_loss: int = 0,
+    failover: bool = False,
     also: tuple[Writer, ...] = (),
 ) -> dict[str, Any]:
     """Read the lines of the run's writer (and of ``also``) back from its topic and hold the
-    ledger against them; return the figures. ``failover_loss``: how many confirmed lines may
-    be missing (a dead leader's unreplicated tail: acks=0 never waits for followers)."""
+    ledger against them; return the figures. ``failover``: a leader died, so confirmed lines
+    may be missing (its unreplicated tail: acks=0 never waits for followers); how many is
+    printed, not bounded (the followers' lag decides it)."""
     tags = {run.writer.tag, *(w.tag for w in also)}
     parts = read_topic(bootstrap, run.topic, timeout=60)
     collect_stray_sockets()
@@ -316,7 +317,8 @@ def check(
     assert final["lines_read"] == accounted, final
     assert final["lines_in_flight"] == final["lines_queued"] == 0, final
     missing = max(0, confirmed - len(ids))
-    assert missing <= failover_loss, (len(ids), final)  # confirmed <= records
+    if not failover:
+        assert missing == 0, (len(ids), final)  # confirmed <= records
     assert len(ids) <= confirmed + unconfirmed, (len(ids), final)
     out = {
         "records": len(ids),
@@ -326,7 +328,7 @@ def check(
         "dropped": final["dropped"],
         **run.notes,
     }
-    if failover_loss:
+    if failover:
         out["confirmed_but_lost_in_failover"] = missing
     print(f"\n{run.topic} {run.writer.tag.decode()}: {out}")  # the figures, in the output
     return out
@@ -541,10 +543,10 @@ def test_cluster_loses_its_leader(tmp_path: Path, start_shipper: Start) -> None:
         wait_settled(a)
         final_a = stop(a)
         alive = ",".join(cluster.info[f"KAFKA_NODE_{k}"] for k in (1, 2, 3) if k != leader)
-        # At most ~0.1 s of writes may have been appended (and confirmed) by the dead leader
-        # and not yet copied by a follower: they are gone with it. The figure is printed.
-        check(a, final_a, alive, failover_loss=RATE // 10)
-        check(b, final_b, alive, failover_loss=RATE // 10)
+        # What the dead leader had appended (and a fence confirmed) but no follower had copied
+        # yet is gone with it: acks=0 cannot wait for replication. The figure is printed.
+        check(a, final_a, alive, failover=True)
+        check(b, final_b, alive, failover=True)
     finally:
         cluster.close()
         collect_stray_sockets()
