@@ -1,5 +1,10 @@
-"""The Kafka record layout: RecordBatch v2 bytes for whole lists of lines, and every size
+"""The Kafka record layout: RecordBatch v2 bytes for whole lists of records, and every size
 overhead of that layout, with per-chunk, not per-line, work.
+
+Two writers share the tables: ``encode_values`` for records that are a bare value (no key, no
+headers: the raw fast path) and ``encode_records`` for records with a key, headers, or values
+given as several pieces each (envelopes). Both take the records' timestamps as runs of
+``(count, timestamp_ms)`` (one run per chunk), written as per-record timestampDelta.
 
 This is the one place that knows how big a record or a batch is. It imports no Kafka client
 code (codecs are loaded on first use), so the config can use its limits cheaply.
@@ -14,6 +19,7 @@ import struct
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from itertools import accumulate
+from operator import add
 from typing import Final
 
 from crc32c import crc32c
@@ -29,7 +35,12 @@ __all__ = [
     "codec_installed",
     "compression_code",
     "encode_batch",
+    "encode_records",
+    "encode_values",
+    "record_batch_size",
     "split_batches",
+    "split_records",
+    "ts_width",
     "varint",
 ]
 
@@ -59,6 +70,11 @@ _HEAD: Final = struct.Struct(">qiibI")
 _TAIL: Final = struct.Struct(">hiqqqhii")
 # Offset-delta size classes: zigzag varints take 1 byte below 64, 2 below 8192, ...
 _CLASS_BOUNDS: Final = (0, 1 << 6, 1 << 13, 1 << 20, 1 << 27, 1 << 31)
+# Widest varint of an int64 (a timestampDelta can be any int64).
+_VARINT_MAX: Final = 10
+# Record-layout tables are indexed by the offset-delta varint size plus the timestampDelta
+# varint size minus one (both count the same way in the record length).
+_WIDTHS: Final = len(_CLASS_BOUNDS) + _VARINT_MAX - 1
 
 
 def varint(n: int) -> bytes:
@@ -77,6 +93,12 @@ def _offset_class(i: int) -> int:
     return len(varint(i))
 
 
+def ts_width(stamps: Sequence[tuple[int, int]]) -> int:
+    """Widest timestampDelta varint any record of ``stamps`` can get, whichever comes first."""
+    times = [ts for count, ts in stamps if count]
+    return len(varint(max(times) - min(times))) if times else 1
+
+
 class _Table(dict[int, bytes]):
     """Length -> bytes, computed on a miss and cached only below ``_TABLE_LIMIT``."""
 
@@ -93,39 +115,58 @@ class _Table(dict[int, bytes]):
         return v
 
 
-class _SizeTable(dict[int, int]):
-    """Value length -> encoded record size, for one offset-delta size class."""
+class _IntTable(dict[int, int]):
+    """Length -> size, computed on a miss and cached only below ``_TABLE_LIMIT``."""
 
-    __slots__ = ("_s",)
+    __slots__ = ("_fn",)
 
-    def __init__(self, s: int) -> None:
+    def __init__(self, fn: Callable[[int], int]) -> None:
         super().__init__()
-        self._s = s
+        self._fn = fn
 
     def __missing__(self, n: int) -> int:
-        body = 4 + self._s + len(varint(n)) + n
-        v = len(varint(body)) + body
+        v = self._fn(n)
         if n < _TABLE_LIMIT:
             self[n] = v
         return v
 
 
-def _lead_piece(s: int) -> Callable[[int], bytes]:
+def _lead_piece(s: int, delta_zero: bool) -> Callable[[int], bytes]:
     # b"\x00" (the previous record's header count) + varint(record length)
-    # + attributes 0 + timestampDelta 0. The record length counts attributes(1),
-    # timestampDelta(1), the offset-delta varint (s), key -1 (1), the value-length
-    # varint, the value, and the header count (1).
+    # + attributes 0 (+ timestampDelta 0). The record length counts attributes(1), the
+    # timestampDelta and offset-delta varints (s together, so s - 1 + 1 here), key -1 (1),
+    # the value-length varint, the value, and the header count (1).
+    tail = b"\x00\x00" if delta_zero else b"\x00"
+
     def fn(n: int) -> bytes:
-        return b"\x00" + varint(4 + s + len(varint(n)) + n) + b"\x00\x00"
+        return b"\x00" + varint(4 + s + len(varint(n)) + n) + tail
 
     return fn
 
 
-# One lead table and one size table per offset-delta size class (index = varint size).
-_LEAD: Final = [_Table(_lead_piece(s)) for s in range(len(_CLASS_BOUNDS))]
-_SIZE: Final = [_SizeTable(s) for s in range(len(_CLASS_BOUNDS))]
+def _size_piece(s: int) -> Callable[[int], int]:
+    def fn(n: int) -> int:
+        body = 4 + s + len(varint(n)) + n
+        return len(varint(body)) + body
+
+    return fn
+
+
+# One lead table and one size table per varint width (index = offset-delta varint size, plus
+# timestampDelta varint size - 1): _LEAD with timestampDelta 0 in it, _LEADT without (the
+# delta then goes before the offset delta).
+_LEAD: Final = [_Table(_lead_piece(s, True)) for s in range(_WIDTHS)]
+_LEADT: Final = [_Table(_lead_piece(s, False)) for s in range(_WIDTHS)]
+_SIZE: Final = [_IntTable(_size_piece(s)) for s in range(_WIDTHS)]
 # key length -1 (b"\x01") + varint(value length)
 _KEYVLEN: Final = _Table(lambda n: b"\x01" + varint(n))
+# value length -> its varint's size plus the value (the value's share of a record length)
+_VS: Final = _IntTable(lambda n: len(varint(n)) + n)
+# record length -> varint(length) + attributes 0, with and without timestampDelta 0 after it
+_VA: Final = _Table(lambda n: varint(n) + b"\x00")
+_VA0: Final = _Table(lambda n: varint(n) + b"\x00\x00")
+# record length -> bytes the record takes (the length varint, then the record)
+_LSZ: Final = _IntTable(lambda n: len(varint(n)) + n)
 # varint(offset delta), grown on demand (replaced, never mutated: safe across threads)
 _OFFSETS: list[bytes] = [varint(i) for i in range(1 << 13)]
 
@@ -139,14 +180,28 @@ def _offsets(n: int) -> list[bytes]:
     return table
 
 
+@functools.lru_cache(maxsize=64)
+def _key_table(key_piece: bytes) -> _Table:
+    """varint(key length) + key + varint(value length), for one key."""
+    return _Table(lambda n: key_piece + varint(n))
+
+
+def _key_piece(key: bytes | None) -> bytes:
+    return b"\x01" if key is None else varint(len(key)) + key
+
+
 def _segments(n: int) -> list[tuple[int, int, int]]:
     """Return (start, end, size class) ranges covering record indexes 0..n-1."""
+    return _segments_in(0, n)
+
+
+def _segments_in(a: int, b: int) -> list[tuple[int, int, int]]:
+    """Return (start, end, size class) ranges covering record indexes a..b-1."""
     out = []
     for s in range(1, len(_CLASS_BOUNDS)):
-        a, b = _CLASS_BOUNDS[s - 1], _CLASS_BOUNDS[s]
-        if a >= n:
-            break
-        out.append((a, min(b, n), s))
+        lo, hi = max(a, _CLASS_BOUNDS[s - 1]), min(b, _CLASS_BOUNDS[s])
+        if lo < hi:
+            out.append((lo, hi, s))
     return out
 
 
@@ -190,27 +245,118 @@ def compression_code(name: str) -> int:
 
 
 def encode_batch(lines: Sequence[bytes], timestamp_ms: int, compression: int = 0) -> bytes:
-    """Return one RecordBatch v2 holding ``lines`` as values (no keys, no headers).
+    """Return one RecordBatch v2 holding ``lines`` as values (no keys, no headers), every
+    record with timestamp ``timestamp_ms``: ``encode_values`` with one run of timestamps."""
+    return encode_values(lines, ((len(lines), timestamp_ms),), compression)
 
-    Every record has timestampDelta 0 (the batch's base and max timestamp is
-    ``timestamp_ms``), offsetDelta = its index; producer id/epoch/sequence are -1
-    (non-idempotent), partitionLeaderEpoch is -1 (the broker sets it). With
-    ``compression`` the records section is compressed unless that does not make it
-    smaller, in which case the batch goes out uncompressed (as kafka-python does).
+
+def encode_values(
+    values: Sequence[bytes], stamps: Sequence[tuple[int, int]], compression: int = 0
+) -> bytes:
+    """Return one RecordBatch v2 holding ``values`` (no keys, no headers).
+
+    ``stamps`` gives the timestamps as runs ``(count, timestamp_ms)`` covering the values in
+    order. The batch's base timestamp is the first record's, its max timestamp the largest;
+    each record carries its difference to the base as timestampDelta. offsetDelta = the
+    record's index; producer id/epoch/sequence are -1 (non-idempotent), partitionLeaderEpoch
+    is -1 (the broker sets it). With ``compression`` the records section is compressed
+    unless that does not make it smaller, in which case the batch goes out uncompressed (as
+    kafka-python does).
     """
-    n = len(lines)
+    n = len(values)
     if not n:
         raise ValueError("a record batch needs at least one record")
-    lens = list(map(len, lines))
+    base, top = _check_stamps(stamps, n)
+    lens = list(map(len, values))
     pieces: list[bytes] = [b""] * (4 * n + 1)
-    for a, b, s in _segments(n):
-        pieces[4 * a : 4 * b : 4] = map(_LEAD[s].__getitem__, lens[a:b] if a or b < n else lens)
-    pieces[1 : 4 * n : 4] = _offsets(n)[:n]
+    offsets = _offsets(n)
+    if len(stamps) == 1:  # the common case: one chunk, every timestampDelta 0
+        for a, b, s in _segments(n):
+            pieces[4 * a : 4 * b : 4] = map(_LEAD[s].__getitem__, lens[a:b] if a or b < n else lens)
+        pieces[1 : 4 * n : 4] = offsets[:n]
+    else:
+        a = 0
+        for count, ts in stamps:
+            delta = varint(ts - base)
+            for x, y, s in _segments_in(a, a + count):
+                if ts == base:
+                    pieces[4 * x : 4 * y : 4] = map(_LEAD[s].__getitem__, lens[x:y])
+                    pieces[4 * x + 1 : 4 * y : 4] = offsets[x:y]
+                else:
+                    lead = _LEADT[s + len(delta) - 1]
+                    pieces[4 * x : 4 * y : 4] = map(lead.__getitem__, lens[x:y])
+                    pieces[4 * x + 1 : 4 * y : 4] = map(delta.__add__, offsets[x:y])
+            a += count
     pieces[2 : 4 * n : 4] = map(_KEYVLEN.__getitem__, lens)
-    pieces[3 : 4 * n : 4] = lines
+    pieces[3 : 4 * n : 4] = values
     pieces[0] = pieces[0][1:]  # the first record has no previous header count before it
     pieces[-1] = b"\x00"  # the last record's header count
-    body = b"".join(pieces)
+    return _batch(b"".join(pieces), n, base, top, compression)
+
+
+def encode_records(  # noqa: PLR0917  # the record layout has this many parts
+    body: Sequence[bytes],
+    width: int,
+    vlens: Sequence[int],
+    hlens: Sequence[int] | int,
+    stamps: Sequence[tuple[int, int]],
+    key: bytes | None = None,
+    compression: int = 0,
+) -> bytes:
+    """Return one RecordBatch v2 of ``len(vlens)`` records with a key and/or headers.
+
+    Record ``i``'s value and headers are ``body[i * width : (i + 1) * width]`` joined: pieces
+    of the value (``vlens[i]`` bytes in all), then its headers section (``hlens[i]`` bytes:
+    the header count varint, then each header; ``hlens`` may be one length for all). Every
+    record has ``key`` (None: no key). Timestamps, offsets and compression are as in
+    ``encode_values``; the bytes are those of kafka-python's builder for the same records.
+    """
+    n = len(vlens)
+    if not n:
+        raise ValueError("a record batch needs at least one record")
+    if len(body) != n * width:
+        raise ValueError(f"{len(body)} body pieces for {n} records of {width}")
+    base, top = _check_stamps(stamps, n)
+    kp = _key_piece(key)
+    tails = list(map(_VS.__getitem__, vlens))  # the value's share of each record length
+    if isinstance(hlens, int):
+        extra = len(kp) + hlens
+    else:
+        tails = list(map(add, tails, hlens))
+        extra = len(kp)
+    step = width + 3
+    pieces: list[bytes] = [b""] * (step * n)
+    offsets = _offsets(n)
+    a = 0
+    for count, ts in stamps:
+        delta = varint(ts - base)
+        for x, y, s in _segments_in(a, a + count):
+            # attributes + timestampDelta + offsetDelta + key + value share + headers
+            fixed = 1 + len(delta) + s + extra
+            lengths = map(fixed.__add__, tails[x:y])
+            if ts == base:
+                pieces[step * x : step * y : step] = map(_VA0.__getitem__, lengths)
+                pieces[step * x + 1 : step * y : step] = offsets[x:y]
+            else:
+                pieces[step * x : step * y : step] = map(_VA.__getitem__, lengths)
+                pieces[step * x + 1 : step * y : step] = map(delta.__add__, offsets[x:y])
+        a += count
+    kv = _KEYVLEN if key is None else _key_table(kp)
+    pieces[2::step] = map(kv.__getitem__, vlens)
+    for j in range(width):
+        pieces[3 + j :: step] = body[j::width]
+    return _batch(b"".join(pieces), n, base, top, compression)
+
+
+def _check_stamps(stamps: Sequence[tuple[int, int]], n: int) -> tuple[int, int]:
+    """Return the base (first) and max timestamp of runs that must cover ``n`` records."""
+    if sum(count for count, _ in stamps) != n or any(count <= 0 for count, _ in stamps):
+        raise ValueError(f"timestamp runs {[c for c, _ in stamps]} do not cover {n} records")
+    return stamps[0][1], max(ts for _, ts in stamps)
+
+
+def _batch(body: bytes, n: int, base: int, top: int, compression: int) -> bytes:
+    """Compress (when it helps) and frame a records section as one batch."""
     attributes = 0
     if compression:
         compress = _compressor(compression)
@@ -220,7 +366,7 @@ def encode_batch(lines: Sequence[bytes], timestamp_ms: int, compression: int = 0
         if len(packed) < len(body):
             body = packed
             attributes = compression
-    tail = _TAIL.pack(attributes, n - 1, timestamp_ms, timestamp_ms, -1, -1, -1, n)
+    tail = _TAIL.pack(attributes, n - 1, base, top, -1, -1, -1, n)
     # gil_release_mode=0: at ~20 GB/s a batch takes microseconds, far less than getting
     # the GIL back from the tailer thread would.
     crc = crc32c(body, crc32c(tail, 0, 0), 0)
@@ -233,22 +379,31 @@ def batch_size(lines: Sequence[bytes]) -> int:
     return _size_of(list(map(len, lines)))
 
 
-def _size_of(lens: list[int]) -> int:
-    """Exact uncompressed batch size for records of value lengths ``lens``."""
+def _size_of(lens: list[int], width: int = 1) -> int:
+    """Batch size for records of value lengths ``lens`` (exact for ``width`` 1, the
+    timestampDelta varint size; an upper bound for a wider one)."""
     segments = _segments(len(lens))
-    return HEADER_SIZE + sum(sum(map(_SIZE[s].__getitem__, lens[a:b])) for a, b, s in segments)
+    return HEADER_SIZE + sum(
+        sum(map(_SIZE[s + width - 1].__getitem__, lens[a:b])) for a, b, s in segments
+    )
+
+
+def record_batch_size(vlen: int, hlen: int = 1, key: bytes | None = None) -> int:
+    """Exact uncompressed size of a batch holding one record (value ``vlen`` bytes, headers
+    section ``hlen`` bytes, ``key``): what must fit in ``batch_max_bytes``."""
+    return HEADER_SIZE + _LSZ[3 + len(_key_piece(key)) + _VS[vlen] + hlen]
 
 
 def split_batches(
-    lines: list[bytes], max_bytes: int, max_lines: int
+    lines: list[bytes], max_bytes: int, max_lines: int, width: int = 1
 ) -> list[tuple[list[bytes], int]]:
     """Split ``lines`` into runs whose batch is at most ``max_bytes`` and ``max_lines``.
 
-    Returns ``(lines, raw_bytes)`` pairs in order (the input list itself when it
-    fits). Sizes are exact when everything fits, otherwise bounded by assuming the
-    widest offset-delta varint, so a run may be a few bytes per record under the
-    limit. A line too long to fit even alone comes back as a run of its own: check
-    it with ``batch_size`` and drop it.
+    Returns ``(lines, raw_bytes)`` pairs in order (the input list itself when it fits).
+    ``width`` is the widest timestampDelta varint of the records (``ts_width``). Sizes are
+    exact when everything fits with ``width`` 1, otherwise bounded by assuming the widest
+    varints, so a run may be a few bytes per record under the limit. A line too long to fit
+    even alone comes back as a run of its own: check it with ``batch_size`` and drop it.
     """
     n = len(lines)
     if not n:
@@ -257,23 +412,60 @@ def split_batches(
     total = sum(lens)
     if n <= max_lines:
         # Cheap bound first: every record as long as the longest, with the widest varints.
-        s, longest = _offset_class(n - 1), max(lens)
+        s, longest = _offset_class(n - 1) + width - 1, max(lens)
         body = 4 + s + len(varint(longest)) + longest
         if HEADER_SIZE + total + n * (len(varint(body)) + body - longest) <= max_bytes:
             return [(lines, total)]
-        if _size_of(lens) <= max_bytes:  # exact, from the lengths already taken
+        if _size_of(lens, width) <= max_bytes:  # from the lengths already taken
             return [(lines, total)]
-    widest = _offset_class(min(n, max_lines) - 1)
+    widest = _offset_class(min(n, max_lines) - 1) + width - 1
     cum = list(accumulate(map(_SIZE[widest].__getitem__, lens)))
     raw = list(accumulate(lens))
-    room = max_bytes - HEADER_SIZE
-    out: list[tuple[list[bytes], int]] = []
+    return [
+        (lines[a:b], raw[b - 1] - (raw[a - 1] if a else 0))
+        for a, b in _cut(cum, max_bytes - HEADER_SIZE, max_lines)
+    ]
+
+
+def split_records(  # noqa: PLR0917  # the record layout has this many parts
+    vlens: Sequence[int],
+    hlens: Sequence[int] | int,
+    max_bytes: int,
+    max_lines: int,
+    key: bytes | None = None,
+    width: int = 1,
+) -> list[tuple[int, int]]:
+    """Split records (as for ``encode_records``) into ``(start, end)`` index runs whose batch
+    is at most ``max_bytes`` and ``max_lines``, bounded like ``split_batches``.
+
+    A record too long to fit even alone comes back as a run of its own: check it with
+    ``record_batch_size`` and drop it.
+    """
+    n = len(vlens)
+    if not n:
+        return []
+    tails = map(_VS.__getitem__, vlens)
+    fixed = 1 + width + _offset_class(min(n, max_lines) - 1) + len(_key_piece(key))
+    if isinstance(hlens, int):
+        fixed += hlens
+    else:
+        tails = map(add, tails, hlens)
+    cum = list(accumulate(map(_LSZ.__getitem__, map(fixed.__add__, tails))))
+    return _cut(cum, max_bytes - HEADER_SIZE, max_lines)
+
+
+def _cut(cum: list[int], room: int, max_lines: int) -> list[tuple[int, int]]:
+    """Greedy runs over cumulative record sizes: each at most ``room`` bytes, ``max_lines``."""
+    n = len(cum)
+    if n <= max_lines and cum[-1] <= room:
+        return [(0, n)]
+    out: list[tuple[int, int]] = []
     a = 0
     while a < n:
         base = cum[a - 1] if a else 0
         b = min(bisect_right(cum, base + room, a), a + max_lines)
         if b <= a:
             b = a + 1  # too long on its own: let the caller decide
-        out.append((lines[a:b], raw[b - 1] - (raw[a - 1] if a else 0)))
+        out.append((a, b))
         a = b
     return out
