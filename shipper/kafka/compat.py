@@ -25,6 +25,7 @@ with warnings.catch_warnings():
     from kafka.net.manager import KafkaConnectionManager
     from kafka.net.selector import NetworkSelector
     from kafka.net.transport import KafkaTCPTransport
+    from kafka.partitioner.default import murmur2 as _murmur2
     from kafka.protocol.producer import ProduceRequest
     from kafka.structs import TopicPartition
 
@@ -42,6 +43,7 @@ __all__ = [
     "io_alive",
     "kernel_outq",
     "kerr",
+    "murmur2",
     "new_client",
     "produce_request",
     "restart_dead_refresh_loop",
@@ -56,6 +58,12 @@ def codec() -> ModuleType:
     """kafka-python's codec module (snappy framing, lz4 and zstd helpers)."""
     codec_module: ModuleType = kafka.codec
     return codec_module
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's default partitioner hash of ``data`` (the Java client's ``Utils.murmur2``), as
+    an unsigned 32-bit int."""
+    return int(_murmur2(data))
 
 
 def new_client(cfg: KafkaConfig) -> tuple[Any, Any]:
