@@ -29,6 +29,7 @@ from shipper.kafka.encode import (
     record_batch_size,
     split_batches,
     split_records,
+    split_values,
     ts_width,
     varint,
 )
@@ -445,3 +446,72 @@ def test_split_batches_bounds_wider_timestamp_deltas(
         got = encode_values(run, [(1, t) for t in stamps[a:b]])
         assert len(run) == 1 or len(got) <= max_bytes
         a = b
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.data(),
+    st.lists(_line, min_size=1, max_size=70),
+    st.one_of(st.none(), st.binary(max_size=300)),
+    st.integers(1, 4),
+    st.sampled_from([(b"", b""), (b'{"message":"', b"}"), (b"<", b""), (b"", b">>")]),
+)
+def test_values_in_pieces_with_key_and_ends_match_kafka_python(
+    data: st.DataObject,
+    values: list[bytes],
+    key: bytes | None,
+    width: int,
+    ends: tuple[bytes, bytes],
+) -> None:
+    """Values given as pieces between a constant start and end, with a key and timestamp
+    runs: kafka-python's bytes for the whole values, and split_values bounds them."""
+    before, after = ends
+    runs = data.draw(_runs(len(values)))
+    body: list[bytes] = []
+    for v in values:
+        cut = data.draw(st.lists(st.integers(0, len(v)), min_size=width - 1, max_size=width - 1))
+        bounds = [0, *sorted(cut), len(v)]
+        body += [v[a:b] for a, b in itertools.pairwise(bounds)]
+    whole = [before + v + after for v in values]
+    vlens = list(map(len, whole))
+    got = encode_values(body, runs, key=key, width=width, vlens=vlens, before=before, after=after)
+    expect: list[Record] = [(t, key, v, []) for t, v in zip(_stamped(runs), whole, strict=True)]
+    assert got == reference_batch(expect)
+    if width == 1 and not before and not after:
+        assert got == encode_values(values, runs, key=key)
+    max_bytes = data.draw(st.integers(HEADER_SIZE + 8, 20_000))
+    stamps = _stamped(runs)
+    for a, b in split_values(vlens, max_bytes, 30, ts_width(runs), key):
+        one = encode_values(
+            body[a * width : b * width],
+            [(1, t) for t in stamps[a:b]],
+            key=key,
+            width=width,
+            vlens=vlens[a:b],
+            before=before,
+            after=after,
+        )
+        assert b - a <= 30
+        assert b - a == 1 or len(one) <= max_bytes
+        if b - a == 1:
+            assert len(one) == record_batch_size(vlens[a], 1, key)
+
+
+def test_values_in_pieces_need_lengths() -> None:
+    """Pieces, or a start and end, without the values' lengths are refused."""
+    with pytest.raises(ValueError, match="need their lengths"):
+        encode_values([b"a", b"b"], [(1, TS)], width=2)
+    with pytest.raises(ValueError, match="need their lengths"):
+        encode_values([b"a"], [(1, TS)], before=b"{")
+    with pytest.raises(ValueError, match="value pieces"):
+        encode_values([b"a"], [(1, TS)], width=2, vlens=[1])
+
+
+def test_long_keys_stay_exact() -> None:
+    """Keys longer than the prebuilt tables cover (long paths) still encode exactly."""
+    for size in (1, 63, 64, 200, 9000):
+        key = b"k" * size
+        values = [b"v" * 10, b"w" * 70]
+        runs = [(1, TS), (1, TS + 100)]
+        expect: list[Record] = [(TS, key, values[0], []), (TS + 100, key, values[1], [])]
+        assert encode_values(values, runs, key=key) == reference_batch(expect)

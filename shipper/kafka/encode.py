@@ -40,6 +40,7 @@ __all__ = [
     "record_batch_size",
     "split_batches",
     "split_records",
+    "split_values",
     "ts_width",
     "varint",
 ]
@@ -131,15 +132,17 @@ class _IntTable(dict[int, int]):
         return v
 
 
-def _lead_piece(s: int, delta_zero: bool) -> Callable[[int], bytes]:
-    # b"\x00" (the previous record's header count) + varint(record length)
-    # + attributes 0 (+ timestampDelta 0). The record length counts attributes(1), the
-    # timestampDelta and offset-delta varints (s together, so s - 1 + 1 here), key -1 (1),
-    # the value-length varint, the value, and the header count (1).
+def _lead_piece(s: int, delta_zero: bool, after: bytes = b"") -> Callable[[int], bytes]:
+    # [the end of the previous value] + b"\x00" (the previous record's header count) +
+    # varint(record length) + attributes 0 (+ timestampDelta 0). The record length of a
+    # value of n bytes counts attributes (1), the timestampDelta and offset-delta varints
+    # and the key (s in all, plus 1: s is 1 for one-byte deltas and no key), the
+    # value-length varint, the value, and the header count (1).
+    head = after + b"\x00"
     tail = b"\x00\x00" if delta_zero else b"\x00"
 
     def fn(n: int) -> bytes:
-        return b"\x00" + varint(4 + s + len(varint(n)) + n) + tail
+        return head + varint(4 + s + len(varint(n)) + n) + tail
 
     return fn
 
@@ -152,12 +155,41 @@ def _size_piece(s: int) -> Callable[[int], int]:
     return fn
 
 
-# One lead table and one size table per varint width (index = offset-delta varint size, plus
-# timestampDelta varint size - 1): _LEAD with timestampDelta 0 in it, _LEADT without (the
-# delta then goes before the offset delta).
+# One lead table and one size table per record-length offset s (index): the offset-delta
+# varint size, plus the timestampDelta varint size - 1, plus the key piece's size - 1 (so 1
+# for the first 64 records of a batch without key and timestamp deltas). _LEAD has
+# timestampDelta 0 in it, _LEADT not (the delta then goes before the offset delta).
 _LEAD: Final = [_Table(_lead_piece(s, True)) for s in range(_WIDTHS)]
 _LEADT: Final = [_Table(_lead_piece(s, False)) for s in range(_WIDTHS)]
 _SIZE: Final = [_IntTable(_size_piece(s)) for s in range(_WIDTHS)]
+
+
+@functools.lru_cache(maxsize=64)  # keys of a few lengths (paths, a host, a field)
+def _wide_table(s: int, kind: int, after: bytes = b"") -> _Table | _IntTable:
+    if kind == 2:
+        return _IntTable(_size_piece(s))
+    return _Table(_lead_piece(s, kind == 1, after))
+
+
+def _lead(s: int, delta_zero: bool, after: bytes = b"") -> _Table:
+    """The lead table for record-length offset ``s`` (beyond the list: keyed records),
+    each lead after the end ``after`` of the previous value."""
+    if s < _WIDTHS and not after:
+        return _LEAD[s] if delta_zero else _LEADT[s]
+    table = _wide_table(s, 1 if delta_zero else 0, after)
+    assert isinstance(table, _Table)
+    return table
+
+
+def _size(s: int) -> _IntTable:
+    """The record size table for record-length offset ``s``."""
+    if s < _WIDTHS:
+        return _SIZE[s]
+    table = _wide_table(s, 2)
+    assert isinstance(table, _IntTable)
+    return table
+
+
 # key length -1 (b"\x01") + varint(value length)
 _KEYVLEN: Final = _Table(lambda n: b"\x01" + varint(n))
 # value length -> its varint's size plus the value (the value's share of a record length)
@@ -181,9 +213,9 @@ def _offsets(n: int) -> list[bytes]:
 
 
 @functools.lru_cache(maxsize=64)
-def _key_table(key_piece: bytes) -> _Table:
-    """varint(key length) + key + varint(value length), for one key."""
-    return _Table(lambda n: key_piece + varint(n))
+def _key_table(key_piece: bytes, before: bytes = b"") -> _Table:
+    """varint(key length) + key + varint(value length) [+ the start of the value]."""
+    return _Table(lambda n: key_piece + varint(n) + before)
 
 
 def _key_piece(key: bytes | None) -> bytes:
@@ -251,47 +283,91 @@ def encode_batch(lines: Sequence[bytes], timestamp_ms: int, compression: int = 0
 
 
 def encode_values(
-    values: Sequence[bytes], stamps: Sequence[tuple[int, int]], compression: int = 0
+    values: Sequence[bytes],
+    stamps: Sequence[tuple[int, int]],
+    compression: int = 0,
+    *,
+    key: bytes | None = None,
+    width: int = 1,
+    vlens: Sequence[int] | None = None,
+    before: bytes = b"",
+    after: bytes = b"",
 ) -> bytes:
-    """Return one RecordBatch v2 holding ``values`` (no keys, no headers).
+    """Return one RecordBatch v2 of records without headers, all with ``key`` (None: none).
 
-    ``stamps`` gives the timestamps as runs ``(count, timestamp_ms)`` covering the values in
-    order. The batch's base timestamp is the first record's, its max timestamp the largest;
-    each record carries its difference to the base as timestampDelta. offsetDelta = the
-    record's index; producer id/epoch/sequence are -1 (non-idempotent), partitionLeaderEpoch
-    is -1 (the broker sets it). With ``compression`` the records section is compressed
-    unless that does not make it smaller, in which case the batch goes out uncompressed (as
-    kafka-python does).
+    Each record's value is one item of ``values``, or with ``width`` > 1 that many pieces in
+    a row, between ``before`` and ``after`` (the same for every value: they ride on the
+    table-made pieces around the value, so they cost nothing per record); ``vlens`` then
+    gives each whole value's length. ``stamps`` gives the timestamps as runs ``(count,
+    timestamp_ms)`` covering the records in order. The batch's base timestamp is the first
+    record's, its max timestamp the largest; each record carries its difference to the base
+    as timestampDelta. offsetDelta = the record's index; producer id/epoch/sequence are -1
+    (non-idempotent), partitionLeaderEpoch is -1 (the broker sets it). With
+    ``compression`` the records section is compressed unless that does not make it
+    smaller, in which case the batch goes out uncompressed (as kafka-python does).
     """
-    n = len(values)
+    if vlens is None:
+        if width != 1 or before or after:
+            raise ValueError("values in pieces need their lengths")
+        vlens = list(map(len, values))
+    n = len(vlens)
     if not n:
         raise ValueError("a record batch needs at least one record")
+    if len(values) != n * width:
+        raise ValueError(f"{len(values)} value pieces for {n} records of {width}")
     base, top = _check_stamps(stamps, n)
-    lens = list(map(len, values))
-    pieces: list[bytes] = [b""] * (4 * n + 1)
-    offsets = _offsets(n)
-    if len(stamps) == 1:  # the common case: one chunk, every timestampDelta 0
-        for a, b, s in _segments(n):
-            pieces[4 * a : 4 * b : 4] = map(_LEAD[s].__getitem__, lens[a:b] if a or b < n else lens)
-        pieces[1 : 4 * n : 4] = offsets[:n]
+    step = 3 + width
+    pieces: list[bytes] = [b""] * (step * n + 1)
+    _leads(pieces, step, vlens, stamps, key=key, after=after)
+    kv = _KEYVLEN if key is None and not before else _key_table(_key_piece(key), before)
+    pieces[2 : step * n : step] = map(kv.__getitem__, vlens)
+    if width == 1:
+        pieces[3 : step * n : step] = values
     else:
-        a = 0
-        for count, ts in stamps:
-            delta = varint(ts - base)
-            for x, y, s in _segments_in(a, a + count):
-                if ts == base:
-                    pieces[4 * x : 4 * y : 4] = map(_LEAD[s].__getitem__, lens[x:y])
-                    pieces[4 * x + 1 : 4 * y : 4] = offsets[x:y]
-                else:
-                    lead = _LEADT[s + len(delta) - 1]
-                    pieces[4 * x : 4 * y : 4] = map(lead.__getitem__, lens[x:y])
-                    pieces[4 * x + 1 : 4 * y : 4] = map(delta.__add__, offsets[x:y])
-            a += count
-    pieces[2 : 4 * n : 4] = map(_KEYVLEN.__getitem__, lens)
-    pieces[3 : 4 * n : 4] = values
-    pieces[0] = pieces[0][1:]  # the first record has no previous header count before it
-    pieces[-1] = b"\x00"  # the last record's header count
+        for j in range(width):
+            pieces[3 + j : step * n : step] = values[j::width]
+    # The first record has no previous value end and header count before it.
+    pieces[0] = pieces[0][len(after) + 1 :]
+    pieces[-1] = after + b"\x00"  # the last record's value end and header count
     return _batch(b"".join(pieces), n, base, top, compression)
+
+
+def _leads(
+    pieces: list[bytes],
+    step: int,
+    lens: Sequence[int],
+    stamps: Sequence[tuple[int, int]],
+    *,
+    key: bytes | None,
+    after: bytes,
+) -> None:
+    """Put each record's lead (the end of the previous value, the previous record's header
+    count, the record length, attributes, timestampDelta) at ``pieces[step * i]`` and its
+    offset delta after it."""
+    n = len(lens)
+    offsets = _offsets(n)
+    if len(stamps) == 1 and key is None and not after:  # the common case: one chunk, raw
+        for a, b, s in _segments(n):
+            pieces[step * a : step * b : step] = map(
+                _LEAD[s].__getitem__, lens[a:b] if a or b < n else lens
+            )
+        pieces[1 : step * n : step] = offsets[:n]
+        return
+    base = stamps[0][1]
+    kx = len(_key_piece(key)) - 1
+    a = 0
+    for count, ts in stamps:
+        delta = varint(ts - base)
+        for x, y, s in _segments_in(a, a + count):
+            if ts == base:
+                lead = _lead(s + kx, True, after)
+                pieces[step * x : step * y : step] = map(lead.__getitem__, lens[x:y])
+                pieces[step * x + 1 : step * y : step] = offsets[x:y]
+            else:
+                lead = _lead(s + len(delta) - 1 + kx, False, after)
+                pieces[step * x : step * y : step] = map(lead.__getitem__, lens[x:y])
+                pieces[step * x + 1 : step * y : step] = map(delta.__add__, offsets[x:y])
+        a += count
 
 
 def encode_records(  # noqa: PLR0917  # the record layout has this many parts
@@ -379,12 +455,12 @@ def batch_size(lines: Sequence[bytes]) -> int:
     return _size_of(list(map(len, lines)))
 
 
-def _size_of(lens: list[int], width: int = 1) -> int:
-    """Batch size for records of value lengths ``lens`` (exact for ``width`` 1, the
-    timestampDelta varint size; an upper bound for a wider one)."""
+def _size_of(lens: Sequence[int], extra: int = 0) -> int:
+    """Batch size for records of value lengths ``lens`` (exact with ``extra`` 0; with
+    ``extra`` bytes more per record for a key or timestamp deltas, an upper bound)."""
     segments = _segments(len(lens))
     return HEADER_SIZE + sum(
-        sum(map(_SIZE[s + width - 1].__getitem__, lens[a:b])) for a, b, s in segments
+        sum(map(_size(s + extra).__getitem__, lens[a:b])) for a, b, s in segments
     )
 
 
@@ -395,36 +471,49 @@ def record_batch_size(vlen: int, hlen: int = 1, key: bytes | None = None) -> int
 
 
 def split_batches(
-    lines: list[bytes], max_bytes: int, max_lines: int, width: int = 1
+    lines: list[bytes], max_bytes: int, max_lines: int, delta_width: int = 1
 ) -> list[tuple[list[bytes], int]]:
     """Split ``lines`` into runs whose batch is at most ``max_bytes`` and ``max_lines``.
 
     Returns ``(lines, raw_bytes)`` pairs in order (the input list itself when it fits).
-    ``width`` is the widest timestampDelta varint of the records (``ts_width``). Sizes are
-    exact when everything fits with ``width`` 1, otherwise bounded by assuming the widest
+    ``delta_width`` is the widest timestampDelta varint of the records (``ts_width``). Sizes
+    are exact when all fits with ``delta_width`` 1, otherwise bounded by assuming the widest
     varints, so a run may be a few bytes per record under the limit. A line too long to fit
     even alone comes back as a run of its own: check it with ``batch_size`` and drop it.
     """
-    n = len(lines)
+    lens = list(map(len, lines))
+    runs = split_values(lens, max_bytes, max_lines, delta_width)
+    if len(runs) == 1:
+        return [(lines, sum(lens))]
+    raw = list(accumulate(lens))
+    return [(lines[a:b], raw[b - 1] - (raw[a - 1] if a else 0)) for a, b in runs]
+
+
+def split_values(
+    vlens: Sequence[int],
+    max_bytes: int,
+    max_lines: int,
+    delta_width: int = 1,
+    key: bytes | None = None,
+) -> list[tuple[int, int]]:
+    """Split records without headers (as for ``encode_values``, of value lengths ``vlens``)
+    into ``(start, end)`` index runs whose batch is at most ``max_bytes`` and ``max_lines``,
+    bounded like ``split_batches``."""
+    n = len(vlens)
     if not n:
         return []
-    lens = list(map(len, lines))
-    total = sum(lens)
+    extra = delta_width - 1 + len(_key_piece(key)) - 1
     if n <= max_lines:
         # Cheap bound first: every record as long as the longest, with the widest varints.
-        s, longest = _offset_class(n - 1) + width - 1, max(lens)
+        s, longest = _offset_class(n - 1) + extra, max(vlens)
         body = 4 + s + len(varint(longest)) + longest
-        if HEADER_SIZE + total + n * (len(varint(body)) + body - longest) <= max_bytes:
-            return [(lines, total)]
-        if _size_of(lens, width) <= max_bytes:  # from the lengths already taken
-            return [(lines, total)]
-    widest = _offset_class(min(n, max_lines) - 1) + width - 1
-    cum = list(accumulate(map(_SIZE[widest].__getitem__, lens)))
-    raw = list(accumulate(lens))
-    return [
-        (lines[a:b], raw[b - 1] - (raw[a - 1] if a else 0))
-        for a, b in _cut(cum, max_bytes - HEADER_SIZE, max_lines)
-    ]
+        if HEADER_SIZE + sum(vlens) + n * (len(varint(body)) + body - longest) <= max_bytes:
+            return [(0, n)]
+        if _size_of(vlens, extra) <= max_bytes:  # from the lengths already taken
+            return [(0, n)]
+    widest = _offset_class(min(n, max_lines) - 1) + extra
+    cum = list(accumulate(map(_size(widest).__getitem__, vlens)))
+    return _cut(cum, max_bytes - HEADER_SIZE, max_lines)
 
 
 def split_records(  # noqa: PLR0917  # the record layout has this many parts
@@ -433,7 +522,7 @@ def split_records(  # noqa: PLR0917  # the record layout has this many parts
     max_bytes: int,
     max_lines: int,
     key: bytes | None = None,
-    width: int = 1,
+    delta_width: int = 1,
 ) -> list[tuple[int, int]]:
     """Split records (as for ``encode_records``) into ``(start, end)`` index runs whose batch
     is at most ``max_bytes`` and ``max_lines``, bounded like ``split_batches``.
@@ -445,7 +534,7 @@ def split_records(  # noqa: PLR0917  # the record layout has this many parts
     if not n:
         return []
     tails = map(_VS.__getitem__, vlens)
-    fixed = 1 + width + _offset_class(min(n, max_lines) - 1) + len(_key_piece(key))
+    fixed = 1 + delta_width + _offset_class(min(n, max_lines) - 1) + len(_key_piece(key))
     if isinstance(hlens, int):
         fixed += hlens
     else:

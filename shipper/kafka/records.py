@@ -13,20 +13,19 @@ import time
 from base64 import b64encode
 from bisect import bisect_right
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from itertools import accumulate, chain
+from itertools import accumulate, chain, compress, count
 from json.encoder import encode_basestring
-from operator import add
+from operator import add, not_
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 from shipper.config import Route
 from shipper.kafka.encode import (
     RECORD_OVERHEAD,
-    batch_size,
     encode_records,
     encode_values,
     record_batch_size,
-    split_batches,
     split_records,
+    split_values,
     ts_width,
     varint,
 )
@@ -43,6 +42,7 @@ HEADER_ORDER: Final = ("host", "path", "fields", "kubernetes", "offset")
 # Bytes that JSON strings must escape: '"', '\\' and the control characters U+0000..U+001F.
 # A chunk's lines are scanned at once through this table (0 marks one of them).
 _MARK: Final = bytes(0 if b < 0x20 or b in b'"\\' else 1 for b in range(256))
+_CONTROLS: Final = bytes(range(0x20))
 _CACHE_LIMIT: Final = 4096  # partition hashes kept (one per key: host, field or path)
 
 
@@ -88,7 +88,7 @@ def _json(value: object) -> bytes:
 class _Route:
     """The constant parts of one input's records (format, fields, key, headers)."""
 
-    __slots__ = ("format", "header_parts", "json_tail", "key")
+    __slots__ = ("format", "header_parts", "json_extra", "key")
 
     def __init__(self, route: Route, cfg: KafkaConfig) -> None:
         self.format = route.format
@@ -109,12 +109,12 @@ class _Route:
         if "kubernetes" in wanted:
             parts += [_header(f"kubernetes.{k}", _raw(v)) for k, v in cfg.kubernetes.items()]
         self.header_parts = parts
-        tail = b""
+        extra = b""
         if route.fields:
-            tail += b',"fields":' + _json(route.fields)
+            extra += b',"fields":' + _json(route.fields)
         if cfg.kubernetes:
-            tail += b',"kubernetes":' + _json(cfg.kubernetes)
-        self.json_tail = tail + b"}"
+            extra += b',"kubernetes":' + _json(cfg.kubernetes)
+        self.json_extra = extra
 
 
 class _Pieces:
@@ -131,12 +131,14 @@ class _Pieces:
     def fill(
         self, a: int, b: int, columns: list[list[bytes]], vlens: list[int], hlens: list[int]
     ) -> None:
-        """Set records ``a..b-1``: ``columns[j]`` holds piece ``j`` of each."""
+        """Set records ``a..b-1``: ``columns[j]`` holds piece ``j`` of each; ``hlens`` their
+        headers sections' lengths (empty: no headers)."""
         w = self.width
         for j, column in enumerate(columns):
             self.body[a * w + j : b * w : w] = column
         self.vlens[a:b] = vlens
-        self.hlens[a:b] = hlens
+        if hlens:
+            self.hlens[a:b] = hlens
 
 
 class Records:
@@ -212,85 +214,97 @@ class Records:
             yield from self._encode(run, max_bytes, max_lines)
 
     def _encode(self, chunks: list[Chunk], max_bytes: int, max_lines: int) -> Iterator[Encoded]:
+        """The batches of chunks of one group (one format, one key)."""
         route = self._route(chunks[0].source)
         key = self.key_of(chunks[0].source)
         partition = self._partition(key)
         stamps = [(len(c.lines), int(c.read_at * 1000)) for c in chunks]
-        width = ts_width(stamps)
-        plain = route.format == "raw" and not self._headers and key is None
-        if plain:
-            lines = (
+        delta = ts_width(stamps)
+        if len(chunks) == 1:
+            lens = list(map(len, chunks[0].lines))
+        else:
+            lens = list(chain.from_iterable(map(len, c.lines) for c in chunks))
+        n = len(lens)
+        raw_total = sum(lens)
+        headers = bool(self._headers)
+        as_json = route.format == "json"
+        if headers or as_json:
+            pieces = self._pieces(chunks, route, lens)
+            body, width, vlens, hlens = pieces.body, pieces.width, pieces.vlens, pieces.hlens
+            record_bytes = sum(vlens) + (sum(hlens) - n if headers else 0)
+        else:  # raw lines without headers: the lines are the values
+            body = (
                 chunks[0].lines
                 if len(chunks) == 1
                 else list(chain.from_iterable(c.lines for c in chunks))
             )
-            self.overhead = RECORD_OVERHEAD
-            a = 0
-            for run, raw in split_batches(lines, max_bytes, max_lines, width):
-                b = a + len(run)
-                if b - a == 1 and batch_size(run) > max_bytes:
-                    yield Encoded(None, 1, raw, partition)
-                else:
-                    payload = encode_values(run, _stamps_of(stamps, a, b), self._compression)
-                    yield Encoded(payload, b - a, raw, partition)
-                a = b
-            return
-        lens = list(chain.from_iterable(map(len, c.lines) for c in chunks))
-        pieces = self._pieces(chunks, route, lens)
-        n = len(lens)
-        raw_total = sum(lens)
-        self.overhead = RECORD_OVERHEAD + (sum(pieces.vlens) + sum(pieces.hlens) - raw_total) // n
-        cum = list(accumulate(lens))
-        w = pieces.width
-        for a, b in split_records(pieces.vlens, pieces.hlens, max_bytes, max_lines, key, width):
-            raw = cum[b - 1] - (cum[a - 1] if a else 0)
-            if b - a == 1 and record_batch_size(pieces.vlens[a], pieces.hlens[a], key) > max_bytes:
+            width, vlens, hlens = 1, lens, []
+            record_bytes = raw_total
+        self.overhead = RECORD_OVERHEAD + (record_bytes - raw_total) // n
+        if headers:
+            runs = split_records(vlens, hlens, max_bytes, max_lines, key, delta)
+        else:
+            runs = split_values(vlens, max_bytes, max_lines, delta, key)
+        cum = list(accumulate(lens)) if len(runs) > 1 else []
+        for a, b in runs:
+            raw = cum[b - 1] - (cum[a - 1] if a else 0) if cum else raw_total
+            if (
+                b - a == 1
+                and record_batch_size(vlens[a], hlens[a] if headers else 1, key) > max_bytes
+            ):
                 yield Encoded(None, 1, raw, partition)
                 continue
-            payload = encode_records(
-                pieces.body[a * w : b * w],
-                w,
-                pieces.vlens[a:b],
-                pieces.hlens[a:b],
-                _stamps_of(stamps, a, b),
-                key,
-                self._compression,
-            )
+            run = _stamps_of(stamps, a, b)
+            mine = body if a == 0 and b == n else body[a * width : b * width]
+            if headers:
+                payload = encode_records(
+                    mine, width, vlens[a:b], hlens[a:b], run, key, self._compression
+                )
+            else:
+                payload = encode_values(
+                    mine,
+                    run,
+                    self._compression,
+                    key=key,
+                    width=width,
+                    vlens=vlens[a:b],
+                    before=_JSON_START if as_json else b"",
+                    after=_JSON_END if as_json else b"",
+                )
             yield Encoded(payload, b - a, raw, partition)
 
     def _pieces(self, chunks: list[Chunk], route: _Route, lens: list[int]) -> _Pieces:
-        """Values and headers of every record of ``chunks`` (one format), as pieces: per
+        """Values (and headers) of every record of ``chunks`` (one format), as pieces: per
         chunk, a column of pieces per position (the same piece for every line when it is
         constant), then interleaved, record by record."""
         headers = self._headers
         with_offset = "offset" in headers
         as_json = route.format == "json"
-        # Value pieces: raw 1 (the line); json 5 (prefix, message, middle, offset, tail).
-        # Header pieces: 1 (a constant section, or 0 headers), 2 (a section ending in the
-        # offset header's length, then the offset's digits), or none for json without
-        # headers (the header count 0 rides on the envelope's last piece).
-        width = (5 if as_json else 1) + (2 if with_offset else 1)
-        if as_json and not headers:
-            width -= 1
+        # Value pieces: raw 1 (the line); json 3 (message, middle, offset), and 2 more (the
+        # envelope's start and end) with headers (without, encode_values adds them).
+        # Header pieces: none without headers; else 1 (a constant section) or 2 (a section
+        # ending in the offset header's value length, then the offset's digits).
+        vw = (5 if headers else 3) if as_json else 1
+        width = vw + ((2 if with_offset else 1) if headers else 0)
         pieces = _Pieces(len(lens), width)
         a = 0
         for c in chunks:
             b = a + len(c.lines)
             r = self._route(c.source)
-            digits = list(map(b"%d".__mod__, c.starts())) if as_json or with_offset else []
+            digits, dwidth, starts = (
+                _digits(c, lens[a:b]) if as_json or with_offset else ([], 0, [])
+            )
             if as_json:
-                columns, vlens = self._envelopes(c, r.json_tail, lens[a:b], digits)
-                if not headers:
-                    columns[-1] = [r.json_tail + b"\x00"] * (b - a)  # + header count 0
+                columns, vlens = self._envelopes(c, r, lens[a:b], (digits, dwidth, starts))
+                if headers:
+                    k = b - a
+                    columns = [[_JSON_START] * k, *columns, [_JSON_END] * k]
             else:
                 columns, vlens = [c.lines], lens[a:b]
+            hlens: list[int] = []
             if headers:
                 section, hlens = self._header_columns(c, r, digits if with_offset else None)
                 columns += section
-            else:
-                if not as_json:
-                    columns.append([b"\x00"] * (b - a))
-                hlens = [1] * (b - a)
             pieces.fill(a, b, columns, vlens, hlens)
             a = b
         return pieces
@@ -315,46 +329,68 @@ class Records:
         return [list(map(by_width.__getitem__, dlens)), digits], hlens
 
     def _envelopes(
-        self, c: Chunk, tail: bytes, lens: list[int], digits: list[bytes]
+        self, c: Chunk, r: _Route, lens: list[int], offsets: tuple[list[bytes], int, Sequence[int]]
     ) -> tuple[list[list[bytes]], list[int]]:
-        """The JSON envelopes of chunk ``c``'s lines (``tail`` closes each), as five
-        columns, and their lengths."""
-        k = len(c.lines)
-        head = b'{"@timestamp":"%s","message":"' % rfc3339(int(c.read_at * 1000)).encode()
-        middle = b'","host":%s,"path":%s,"offset":' % (self._host_json, _json(c.source.path))
-        messages, middles, fixed = _messages(c.lines, middle)
-        fixed_len = len(head) + len(middle) + len(tail)
-        vlens = list(map(add, map(fixed_len.__add__, lens), map(len, digits)))
+        """The JSON envelopes of chunk ``c``'s lines (``offsets`` as ``_digits`` gives them)
+        as three columns (message, the fields after it, offset) between ``_JSON_START`` and
+        ``_JSON_END``, and their whole lengths."""
+        digits, dwidth, starts = offsets
+        middle = b'","@timestamp":"%s","host":%s,"path":%s%s,"offset":' % (
+            rfc3339(int(c.read_at * 1000)).encode(),
+            self._host_json,
+            _json(c.source.path),
+            r.json_extra,
+        )
+        messages, middles, fixed = _messages(c, middle, starts)
+        fixed_len = len(_JSON_START) + len(middle) + dwidth + len(_JSON_END)
+        if dwidth:
+            vlens = list(map(fixed_len.__add__, lens))
+        else:
+            vlens = list(map(add, map(fixed_len.__add__, lens), map(len, digits)))
         for i in fixed:
             vlens[i] += len(messages[i]) - lens[i] + len(middles[i]) - len(middle)
-        return [[head] * k, messages, middles, digits, [tail] * k], vlens
+        return [messages, middles, digits], vlens
 
 
+#: Where every JSON envelope starts and ends; the message comes first, the offset last.
+_JSON_START: Final = b'{"message":"'
+_JSON_END: Final = b"}"
 _BASE64_FLAG: Final = b'","message_encoding":"base64'
 
 
-def _messages(lines: list[bytes], middle: bytes) -> tuple[list[bytes], list[bytes], list[int]]:
-    """The JSON string contents of ``lines`` and the piece after each, and the indexes of
-    the lines that needed escaping (or base64: not valid UTF-8, flagged in the piece)."""
+def _messages(
+    c: Chunk, middle: bytes, starts: Sequence[int] | None
+) -> tuple[list[bytes], list[bytes], list[int]]:
+    """The JSON string contents of chunk ``c``'s lines and the piece after each, and the
+    indexes of the lines that needed escaping (or base64: not valid UTF-8, flagged in the
+    piece). ``starts``: the lines' file offsets, when they are regular (the blob below then
+    has each line where the file has it, shifted by the chunk's base)."""
+    lines = c.lines
     k = len(lines)
-    blob = b" ".join(lines)  # ASCII space: no multibyte sequence spans two lines
+    middles = [middle] * k
+    if starts is not None and c.offsets is None and c.eol:
+        shift, sep = c.base, c.eol
+    else:
+        starts = list(accumulate(map((1).__add__, map(len, lines[:-1])), initial=0))
+        shift, sep = 0, 1
+    # Scanned at once, separated by spaces: a line is never special for its separators,
+    # and no multibyte sequence spans two lines.
+    blob = (b" " * sep).join(lines)
     bad = [] if blob.isascii() else _invalid_utf8(blob, lines)
     marked = blob.translate(_MARK)
     pos = marked.find(0)
-    middles = [middle] * k
     if pos < 0 and not bad:
         return lines, middles, []
-    ends = list(accumulate(map((1).__add__, map(len, lines))))  # one past each separator
     special = []
     while pos >= 0:
-        i = bisect_right(ends, pos)
+        i = bisect_right(starts, pos + shift) - 1
         special.append(i)
-        pos = marked.find(0, ends[i])
+        pos = marked.find(0, starts[i + 1] - shift) if i + 1 < k else -1
     messages = list(lines)
     invalid = set(bad)
     for i in special:
         if i not in invalid:
-            messages[i] = encode_basestring(lines[i].decode())[1:-1].encode()
+            messages[i] = _escape(lines[i])
     flagged = _BASE64_FLAG + middle
     for i in bad:
         messages[i] = b64encode(lines[i])
@@ -362,25 +398,44 @@ def _messages(lines: list[bytes], middle: bytes) -> tuple[list[bytes], list[byte
     return messages, middles, sorted(invalid.union(special))
 
 
+def _escape(line: bytes) -> bytes:
+    """The JSON string contents of a UTF-8 line with quotes, backslashes or controls."""
+    if len(line.translate(None, _CONTROLS)) == len(line):  # quotes and backslashes only
+        return line.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+    return encode_basestring(line.decode())[1:-1].encode()
+
+
 def _invalid_utf8(blob: bytes, lines: list[bytes]) -> list[int]:
-    """Indexes of the lines that are not valid UTF-8 (``blob`` is them joined by spaces)."""
+    """Indexes of the lines that are not valid UTF-8 (``blob``: them joined by spaces, so a
+    multibyte sequence never spans two lines)."""
     try:
         blob.decode()
-    except UnicodeDecodeError as e:
-        first = e.start
+    except UnicodeDecodeError:
+        pass
     else:
         return []
-    ends = list(accumulate(map((1).__add__, map(len, lines))))
-    i = bisect_right(ends, first)
-    out = [i]
-    for j in range(i + 1, len(lines)):
-        line = lines[j]
-        if not line.isascii():
-            try:
-                line.decode()
-            except UnicodeDecodeError:
-                out.append(j)
+    out = []
+    for i in compress(count(), map(not_, map(bytes.isascii, lines))):
+        try:
+            lines[i].decode()
+        except UnicodeDecodeError:
+            out.append(i)
     return out
+
+
+def _digits(c: Chunk, lens: list[int]) -> tuple[list[bytes], int, Sequence[int]]:
+    """Each line's file offset in decimal ASCII, their common length (0: they vary), and
+    the offsets."""
+    if c.offsets is not None:
+        starts: Sequence[int] = c.offsets
+        lo, hi = min(starts), max(starts)
+    else:
+        starts = list(accumulate(map(c.eol.__add__, lens[:-1]), initial=c.base))
+        lo, hi = starts[0], starts[-1]
+    # One %-format for the whole chunk: no Python call per line.
+    digits = ((b"%d," * (len(starts) - 1) + b"%d") % tuple(starts)).split(b",")
+    width = len(b"%d" % hi)
+    return digits, width if len(b"%d" % lo) == width else 0, starts
 
 
 def _stamps_of(stamps: list[tuple[int, int]], a: int, b: int) -> list[tuple[int, int]]:
@@ -389,8 +444,8 @@ def _stamps_of(stamps: list[tuple[int, int]], a: int, b: int) -> list[tuple[int,
         return [(b - a, stamps[0][1])]
     out = []
     lo = 0
-    for count, ts in stamps:
-        hi = lo + count
+    for n, ts in stamps:
+        hi = lo + n
         x, y = max(a, lo), min(b, hi)
         if x < y:
             out.append((y - x, ts))
