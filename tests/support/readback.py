@@ -7,8 +7,9 @@ import time
 import warnings
 
 from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
 
-__all__ = ["collect_stray_sockets", "end_offsets", "read_topic"]
+__all__ = ["collect_stray_sockets", "end_offsets", "read_records", "read_topic"]
 
 
 def _consumer(bootstrap: str) -> KafkaConsumer:
@@ -71,10 +72,21 @@ def read_topic(
     Reads up to the end offsets seen at the start (or until ``expect`` records, if given,
     have arrived, waiting up to ``timeout``).
     """
+    return {
+        p: [r.value for r in recs]
+        for p, recs in read_records(bootstrap, topic, timeout, expect).items()
+    }
+
+
+def read_records(
+    bootstrap: str, topic: str, timeout: float = 30.0, expect: int | None = None
+) -> dict[int, list[ConsumerRecord]]:
+    """Return every record of ``topic`` (key, value, headers, timestamp...) by partition,
+    in offset order, read as ``read_topic`` reads."""
     c = _consumer(bootstrap)
     try:
         tps = _partitions(c, topic, timeout)
-        out: dict[int, list[bytes]] = {tp.partition: [] for tp in tps}
+        out: dict[int, list[ConsumerRecord]] = {tp.partition: [] for tp in tps}
         if not tps:
             return out
         c.assign(tps)
@@ -89,7 +101,7 @@ def read_topic(
             elif total >= expect:
                 break
             for tp, recs in c.poll(timeout_ms=500, max_records=100_000).items():
-                out[tp.partition].extend(r.value for r in recs)
+                out[tp.partition].extend(recs)
         return out
     finally:
         _close(c)
