@@ -27,3 +27,4 @@ class Options:
     stall: float
     stall_after: float
     warmup: bool = True
+    record_format: str = "raw"  # the shipper's kafka.format
