@@ -24,6 +24,7 @@ from shipper.kafka.encode import (
     batch_size,
     compression_code,
     encode_batch,
+    encode_pieces,
     encode_records,
     encode_values,
     record_batch_size,
@@ -277,6 +278,11 @@ def _runs(draw: st.DrawFn, n: int) -> list[tuple[int, int]]:
     return [(b - a, draw(_ts)) for a, b in itertools.pairwise(bounds) if b > a]
 
 
+def _columns(rows: list[list[bytes]]) -> list[list[bytes]]:
+    """Pieces by record -> pieces by position (column ``j``: piece ``j`` of every record)."""
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
 def _stamped(runs: list[tuple[int, int]]) -> list[int]:
     return [ts for count, ts in runs for _ in range(count)]
 
@@ -323,36 +329,36 @@ def test_records_with_keys_and_headers_match_kafka_python(
     """Values given as pieces, a key, any headers and timestamp runs: kafka-python's bytes for
     the same records, decodable, and ``record_batch_size`` exact for one record."""
     runs = data.draw(_runs(len(records)))
-    body: list[bytes] = []
+    rows: list[list[bytes]] = []
     vlens, hlens = [], []
     for value, headers, _ in records:
         cut = data.draw(
             st.lists(st.integers(0, len(value)), min_size=width - 1, max_size=width - 1)
         )
         bounds = [0, *sorted(cut), len(value)]
-        body += [value[a:b] for a, b in itertools.pairwise(bounds)]
         section = _section(headers)
-        body.append(section)
+        rows.append([*(value[a:b] for a, b in itertools.pairwise(bounds)), section])
         vlens.append(len(value))
         hlens.append(len(section))
-    got = encode_records(body, width + 1, vlens, hlens, runs, key)
+    columns = _columns(rows)
+    got = encode_records(columns, vlens, hlens, runs, key=key)
     expect: list[Record] = [
         (t, key, value, headers)
         for t, (value, headers, _) in zip(_stamped(runs), records, strict=True)
     ]
     assert got == reference_batch(expect)
     assert decode_batch(got) == expect
-    one = encode_records(body[: width + 1], width + 1, vlens[:1], hlens[:1], [(1, TS)], key)
+    one = encode_records([c[:1] for c in columns], vlens[:1], hlens[:1], [(1, TS)], key=key)
     assert len(one) == record_batch_size(vlens[0], hlens[0], key)
 
 
 def test_constant_header_length_is_the_same_as_a_list() -> None:
     """One header length for every record encodes like the same length given per record."""
     section = _section([("path", b"/var/log/a.log")])
-    body = [x for v in (b"a", b"bb", b"") for x in (v, section)]
+    columns = [[b"a", b"bb", b""], [section] * 3]
     runs = [(2, TS), (1, TS + 5)]
-    assert encode_records(body, 2, [1, 2, 0], len(section), runs, b"k") == encode_records(
-        body, 2, [1, 2, 0], [len(section)] * 3, runs, b"k"
+    assert encode_records(columns, [1, 2, 0], len(section), runs, key=b"k") == encode_records(
+        columns, [1, 2, 0], [len(section)] * 3, runs, key=b"k"
     )
 
 
@@ -360,24 +366,29 @@ def test_records_with_compression_decode() -> None:
     """Keyed records with headers compress (gzip) and decode to the same records."""
     section = _section([("offset", b"12345")])
     values = [b"GET /index.html 200 %d" % (i % 7) for i in range(500)]
-    body = [x for v in values for x in (v, section)]
+    columns = [values, [section] * len(values)]
     data = encode_records(
-        body, 2, list(map(len, values)), len(section), [(500, TS)], b"key", COMPRESSION["gzip"]
+        columns, list(map(len, values)), len(section), [(500, TS)], COMPRESSION["gzip"], key=b"k"
     )
     assert DefaultRecordBatch(data).compression_type == COMPRESSION["gzip"]
-    assert decode_batch(data) == [(TS, b"key", v, [("offset", b"12345")]) for v in values]
+    assert decode_batch(data) == [(TS, b"k", v, [("offset", b"12345")]) for v in values]
 
 
 def test_malformed_runs_and_pieces_are_refused() -> None:
-    """Timestamp runs must cover the records exactly, and the pieces must match the width."""
+    """Timestamp runs must cover the records exactly, and every column hold a piece of each
+    record."""
     with pytest.raises(ValueError, match="do not cover"):
         encode_values([b"a", b"b"], [(1, TS)])
     with pytest.raises(ValueError, match="do not cover"):
         encode_values([b"a"], [(1, TS), (0, TS)])
-    with pytest.raises(ValueError, match="body pieces"):
-        encode_records([b"a"], 2, [1], 1, [(1, TS)])
+    with pytest.raises(ValueError, match="columns of"):
+        encode_records([[b"a"], []], [1], 1, [(1, TS)])
+    with pytest.raises(ValueError, match="columns of"):
+        encode_pieces([[b"a"], [b"b", b"c"]], [2], [(1, TS)])
     with pytest.raises(ValueError, match="at least one record"):
-        encode_records([], 2, [], 1, [])
+        encode_records([[]], [], 1, [])
+    with pytest.raises(ValueError, match="at least one record"):
+        encode_pieces([[]], [], [])
 
 
 @pytest.mark.parametrize(
@@ -422,8 +433,10 @@ def test_split_records_respects_limits(
     assert [i for a, b in cuts for i in range(a, b)] == list(range(len(records)))
     for a, b in cuts:
         assert b - a <= max_lines
-        body = [x for (v, _, _), h in zip(records[a:b], sections[a:b], strict=True) for x in (v, h)]
-        got = encode_records(body, 2, vlens[a:b], hlens[a:b], [(1, t) for t in stamps[a:b]], key)
+        columns = [[v for v, _, _ in records[a:b]], sections[a:b]]
+        got = encode_records(
+            columns, vlens[a:b], hlens[a:b], [(1, t) for t in stamps[a:b]], key=key
+        )
         if b - a > 1:
             assert len(got) <= max_bytes
         else:
@@ -467,14 +480,15 @@ def test_values_in_pieces_with_key_and_ends_match_kafka_python(
     runs: kafka-python's bytes for the whole values, and split_values bounds them."""
     before, after = ends
     runs = data.draw(_runs(len(values)))
-    body: list[bytes] = []
+    rows = []
     for v in values:
         cut = data.draw(st.lists(st.integers(0, len(v)), min_size=width - 1, max_size=width - 1))
         bounds = [0, *sorted(cut), len(v)]
-        body += [v[a:b] for a, b in itertools.pairwise(bounds)]
+        rows.append([v[a:b] for a, b in itertools.pairwise(bounds)])
+    columns = _columns(rows)
     whole = [before + v + after for v in values]
     vlens = list(map(len, whole))
-    got = encode_values(body, runs, key=key, width=width, vlens=vlens, before=before, after=after)
+    got = encode_pieces(columns, vlens, runs, key=key, before=before, after=after)
     expect: list[Record] = [(t, key, v, []) for t, v in zip(_stamped(runs), whole, strict=True)]
     assert got == reference_batch(expect)
     if width == 1 and not before and not after:
@@ -482,12 +496,11 @@ def test_values_in_pieces_with_key_and_ends_match_kafka_python(
     max_bytes = data.draw(st.integers(HEADER_SIZE + 8, 20_000))
     stamps = _stamped(runs)
     for a, b in split_values(vlens, max_bytes, 30, ts_width(runs), key):
-        one = encode_values(
-            body[a * width : b * width],
+        one = encode_pieces(
+            [c[a:b] for c in columns],
+            vlens[a:b],
             [(1, t) for t in stamps[a:b]],
             key=key,
-            width=width,
-            vlens=vlens[a:b],
             before=before,
             after=after,
         )
@@ -495,16 +508,6 @@ def test_values_in_pieces_with_key_and_ends_match_kafka_python(
         assert b - a == 1 or len(one) <= max_bytes
         if b - a == 1:
             assert len(one) == record_batch_size(vlens[a], 1, key)
-
-
-def test_values_in_pieces_need_lengths() -> None:
-    """Pieces, or a start and end, without the values' lengths are refused."""
-    with pytest.raises(ValueError, match="need their lengths"):
-        encode_values([b"a", b"b"], [(1, TS)], width=2)
-    with pytest.raises(ValueError, match="need their lengths"):
-        encode_values([b"a"], [(1, TS)], before=b"{")
-    with pytest.raises(ValueError, match="value pieces"):
-        encode_values([b"a"], [(1, TS)], width=2, vlens=[1])
 
 
 def test_long_keys_stay_exact() -> None:

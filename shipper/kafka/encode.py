@@ -18,7 +18,7 @@ import importlib.util
 import struct
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
-from itertools import accumulate
+from itertools import accumulate, repeat
 from operator import add
 from typing import Final
 
@@ -35,6 +35,7 @@ __all__ = [
     "codec_installed",
     "compression_code",
     "encode_batch",
+    "encode_pieces",
     "encode_records",
     "encode_values",
     "record_batch_size",
@@ -288,44 +289,48 @@ def encode_values(
     compression: int = 0,
     *,
     key: bytes | None = None,
-    width: int = 1,
-    vlens: Sequence[int] | None = None,
+) -> bytes:
+    """Return one RecordBatch v2 of ``values``, all with ``key`` (None: none), no headers.
+
+    ``stamps`` gives the timestamps as runs ``(count, timestamp_ms)`` covering the records
+    in order. The batch's base timestamp is the first record's, its max timestamp the
+    largest; each record carries its difference to the base as timestampDelta. offsetDelta
+    = the record's index; producer id/epoch/sequence are -1 (non-idempotent),
+    partitionLeaderEpoch is -1 (the broker sets it). With ``compression`` the records
+    section is compressed unless that does not make it smaller, in which case the batch
+    goes out uncompressed (as kafka-python does).
+    """
+    return encode_pieces([values], list(map(len, values)), stamps, compression, key=key)
+
+
+def encode_pieces(
+    columns: Sequence[Sequence[bytes]],
+    vlens: Sequence[int],
+    stamps: Sequence[tuple[int, int]],
+    compression: int = 0,
+    *,
+    key: bytes | None = None,
     before: bytes = b"",
     after: bytes = b"",
 ) -> bytes:
-    """Return one RecordBatch v2 of records without headers, all with ``key`` (None: none).
-
-    Each record's value is one item of ``values``, or with ``width`` > 1 that many pieces in
-    a row, between ``before`` and ``after`` (the same for every value: they ride on the
-    table-made pieces around the value, so they cost nothing per record); ``vlens`` then
-    gives each whole value's length. ``stamps`` gives the timestamps as runs ``(count,
-    timestamp_ms)`` covering the records in order. The batch's base timestamp is the first
-    record's, its max timestamp the largest; each record carries its difference to the base
-    as timestampDelta. offsetDelta = the record's index; producer id/epoch/sequence are -1
-    (non-idempotent), partitionLeaderEpoch is -1 (the broker sets it). With
-    ``compression`` the records section is compressed unless that does not make it
-    smaller, in which case the batch goes out uncompressed (as kafka-python does).
+    """Return one RecordBatch v2 of ``len(vlens)`` records without headers (as
+    ``encode_values``), each value in pieces: ``before + columns[0][i] + columns[1][i] + ...
+    + after``, ``vlens[i]`` bytes in all. ``before`` and ``after`` are the same for every
+    value: they ride on the table-made pieces around it, so they cost nothing per record.
     """
-    if vlens is None:
-        if width != 1 or before or after:
-            raise ValueError("values in pieces need their lengths")
-        vlens = list(map(len, values))
     n = len(vlens)
     if not n:
         raise ValueError("a record batch needs at least one record")
-    if len(values) != n * width:
-        raise ValueError(f"{len(values)} value pieces for {n} records of {width}")
+    if any(len(column) != n for column in columns):
+        raise ValueError(f"columns of {[len(c) for c in columns]} pieces for {n} records")
     base, top = _check_stamps(stamps, n)
-    step = 3 + width
+    step = 3 + len(columns)
     pieces: list[bytes] = [b""] * (step * n + 1)
     _leads(pieces, step, vlens, stamps, key=key, after=after)
     kv = _KEYVLEN if key is None and not before else _key_table(_key_piece(key), before)
     pieces[2 : step * n : step] = map(kv.__getitem__, vlens)
-    if width == 1:
-        pieces[3 : step * n : step] = values
-    else:
-        for j in range(width):
-            pieces[3 + j : step * n : step] = values[j::width]
+    for j, column in enumerate(columns):
+        pieces[3 + j : step * n : step] = column
     # The first record has no previous value end and header count before it.
     pieces[0] = pieces[0][len(after) + 1 :]
     pieces[-1] = after + b"\x00"  # the last record's value end and header count
@@ -366,32 +371,32 @@ def _leads(
             else:
                 lead = _lead(s + len(delta) - 1 + kx, False, after)
                 pieces[step * x : step * y : step] = map(lead.__getitem__, lens[x:y])
-                pieces[step * x + 1 : step * y : step] = map(delta.__add__, offsets[x:y])
+                pieces[step * x + 1 : step * y : step] = map(add, repeat(delta), offsets[x:y])
         a += count
 
 
-def encode_records(  # noqa: PLR0917  # the record layout has this many parts
-    body: Sequence[bytes],
-    width: int,
+def encode_records(
+    columns: Sequence[Sequence[bytes]],
     vlens: Sequence[int],
     hlens: Sequence[int] | int,
     stamps: Sequence[tuple[int, int]],
-    key: bytes | None = None,
     compression: int = 0,
+    *,
+    key: bytes | None = None,
 ) -> bytes:
     """Return one RecordBatch v2 of ``len(vlens)`` records with a key and/or headers.
 
-    Record ``i``'s value and headers are ``body[i * width : (i + 1) * width]`` joined: pieces
-    of the value (``vlens[i]`` bytes in all), then its headers section (``hlens[i]`` bytes:
-    the header count varint, then each header; ``hlens`` may be one length for all). Every
+    Record ``i``'s value and headers are ``columns[0][i] + columns[1][i] + ...``: pieces of
+    the value (``vlens[i]`` bytes in all), then its headers section (``hlens[i]`` bytes: the
+    header count varint, then each header; ``hlens`` may be one length for all). Every
     record has ``key`` (None: no key). Timestamps, offsets and compression are as in
     ``encode_values``; the bytes are those of kafka-python's builder for the same records.
     """
     n = len(vlens)
     if not n:
         raise ValueError("a record batch needs at least one record")
-    if len(body) != n * width:
-        raise ValueError(f"{len(body)} body pieces for {n} records of {width}")
+    if any(len(column) != n for column in columns):
+        raise ValueError(f"columns of {[len(c) for c in columns]} pieces for {n} records")
     base, top = _check_stamps(stamps, n)
     kp = _key_piece(key)
     tails = list(map(_VS.__getitem__, vlens))  # the value's share of each record length
@@ -400,7 +405,7 @@ def encode_records(  # noqa: PLR0917  # the record layout has this many parts
     else:
         tails = list(map(add, tails, hlens))
         extra = len(kp)
-    step = width + 3
+    step = len(columns) + 3
     pieces: list[bytes] = [b""] * (step * n)
     offsets = _offsets(n)
     a = 0
@@ -409,18 +414,18 @@ def encode_records(  # noqa: PLR0917  # the record layout has this many parts
         for x, y, s in _segments_in(a, a + count):
             # attributes + timestampDelta + offsetDelta + key + value share + headers
             fixed = 1 + len(delta) + s + extra
-            lengths = map(fixed.__add__, tails[x:y])
+            lengths = map(add, tails[x:y], repeat(fixed))
             if ts == base:
                 pieces[step * x : step * y : step] = map(_VA0.__getitem__, lengths)
                 pieces[step * x + 1 : step * y : step] = offsets[x:y]
             else:
                 pieces[step * x : step * y : step] = map(_VA.__getitem__, lengths)
-                pieces[step * x + 1 : step * y : step] = map(delta.__add__, offsets[x:y])
+                pieces[step * x + 1 : step * y : step] = map(add, repeat(delta), offsets[x:y])
         a += count
     kv = _KEYVLEN if key is None else _key_table(kp)
     pieces[2::step] = map(kv.__getitem__, vlens)
-    for j in range(width):
-        pieces[3 + j :: step] = body[j::width]
+    for j, column in enumerate(columns):
+        pieces[3 + j :: step] = column
     return _batch(b"".join(pieces), n, base, top, compression)
 
 
@@ -539,7 +544,7 @@ def split_records(  # noqa: PLR0917  # the record layout has this many parts
         fixed += hlens
     else:
         tails = map(add, tails, hlens)
-    cum = list(accumulate(map(_LSZ.__getitem__, map(fixed.__add__, tails))))
+    cum = list(accumulate(map(_LSZ.__getitem__, map(add, tails, repeat(fixed)))))
     return _cut(cum, max_bytes - HEADER_SIZE, max_lines)
 
 

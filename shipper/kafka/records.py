@@ -13,7 +13,7 @@ import time
 from base64 import b64encode
 from bisect import bisect_right
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from itertools import accumulate, chain, compress, count
+from itertools import accumulate, chain, compress, count, repeat
 from json.encoder import encode_basestring
 from operator import add, not_
 from typing import TYPE_CHECKING, Final, NamedTuple
@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 from shipper.config import Route
 from shipper.kafka.encode import (
     RECORD_OVERHEAD,
+    encode_pieces,
     encode_records,
-    encode_values,
     record_batch_size,
     split_records,
     split_values,
@@ -40,8 +40,7 @@ __all__ = ["HEADER_ORDER", "Encoded", "Records", "partition_hash", "rfc3339"]
 HEADER_ORDER: Final = ("host", "path", "fields", "kubernetes", "offset")
 
 # Bytes that JSON strings must escape: '"', '\\' and the control characters U+0000..U+001F.
-# A chunk's lines are scanned at once through this table (0 marks one of them).
-_MARK: Final = bytes(0 if b < 0x20 or b in b'"\\' else 1 for b in range(256))
+_SPECIAL: Final = tuple(bytes([b]) for b in (0x22, 0x5C, *range(0x20)))
 _CONTROLS: Final = bytes(range(0x20))
 _CACHE_LIMIT: Final = 4096  # partition hashes kept (one per key: host, field or path)
 
@@ -118,27 +117,23 @@ class _Route:
 
 
 class _Pieces:
-    """The records of one group of chunks as ``encode_records`` takes them."""
+    """The records of one group of chunks as ``encode_pieces``/``encode_records`` take them:
+    columns of pieces (column ``j`` holds piece ``j`` of every record), and lengths."""
 
-    __slots__ = ("body", "hlens", "vlens", "width")
+    __slots__ = ("columns", "hlens", "vlens")
 
-    def __init__(self, n: int, width: int) -> None:
-        self.width = width
-        self.body: list[bytes] = [b""] * (n * width)
-        self.vlens: list[int] = [0] * n
-        self.hlens: list[int] = [0] * n
+    def __init__(self, width: int) -> None:
+        self.columns: list[list[bytes]] = [[] for _ in range(width)]
+        self.vlens: list[int] = []
+        self.hlens: list[int] = []
 
-    def fill(
-        self, a: int, b: int, columns: list[list[bytes]], vlens: list[int], hlens: list[int]
-    ) -> None:
-        """Set records ``a..b-1``: ``columns[j]`` holds piece ``j`` of each; ``hlens`` their
-        headers sections' lengths (empty: no headers)."""
-        w = self.width
-        for j, column in enumerate(columns):
-            self.body[a * w + j : b * w : w] = column
-        self.vlens[a:b] = vlens
-        if hlens:
-            self.hlens[a:b] = hlens
+    def add(self, columns: list[list[bytes]], vlens: list[int], hlens: list[int]) -> None:
+        """Append the records of one chunk: ``columns[j]`` holds piece ``j`` of each;
+        ``hlens`` their headers sections' lengths (empty: no headers)."""
+        for mine, column in zip(self.columns, columns, strict=True):
+            mine.extend(column)
+        self.vlens += vlens
+        self.hlens += hlens
 
 
 class Records:
@@ -159,8 +154,8 @@ class Records:
         self._host_json = _json(cfg.host)
         self._by_path = cfg.key == "path"
         self._hashes: dict[bytes, int] = {}
-        #: Record bytes per line beyond the line itself, seen in the last take (for sizing
-        #: takes so that one fills about one batch).
+        #: Record bytes per line beyond the line itself, seen in the last take, with a margin
+        #: (for sizing takes so that one fills about one batch, and not more).
         self.overhead = RECORD_OVERHEAD
         formats = {r.format for r in (self._default, *self._routes)}
         self.group: Callable[[Source], Hashable] | None = None
@@ -220,27 +215,24 @@ class Records:
         partition = self._partition(key)
         stamps = [(len(c.lines), int(c.read_at * 1000)) for c in chunks]
         delta = ts_width(stamps)
-        if len(chunks) == 1:
-            lens = list(map(len, chunks[0].lines))
-        else:
-            lens = list(chain.from_iterable(map(len, c.lines) for c in chunks))
+        lines = chunks[0].lines
+        if len(chunks) > 1:
+            lines = list(chain.from_iterable(c.lines for c in chunks))
+        lens = list(map(len, lines))
         n = len(lens)
         raw_total = sum(lens)
         headers = bool(self._headers)
         as_json = route.format == "json"
         if headers or as_json:
             pieces = self._pieces(chunks, route, lens)
-            body, width, vlens, hlens = pieces.body, pieces.width, pieces.vlens, pieces.hlens
+            columns, vlens, hlens = pieces.columns, pieces.vlens, pieces.hlens
             record_bytes = sum(vlens) + (sum(hlens) - n if headers else 0)
         else:  # raw lines without headers: the lines are the values
-            body = (
-                chunks[0].lines
-                if len(chunks) == 1
-                else list(chain.from_iterable(c.lines for c in chunks))
-            )
-            width, vlens, hlens = 1, lens, []
+            columns, vlens, hlens = [lines], lens, []
             record_bytes = raw_total
-        self.overhead = RECORD_OVERHEAD + (record_bytes - raw_total) // n
+        # With a margin of an eighth: the next take's lines may be shorter on average (more
+        # envelopes per raw byte), and a take a little over one batch makes two batches.
+        self.overhead = RECORD_OVERHEAD + (record_bytes - raw_total) // n * 9 // 8
         if headers:
             runs = split_records(vlens, hlens, max_bytes, max_lines, key, delta)
         else:
@@ -255,19 +247,18 @@ class Records:
                 yield Encoded(None, 1, raw, partition)
                 continue
             run = _stamps_of(stamps, a, b)
-            mine = body if a == 0 and b == n else body[a * width : b * width]
+            whole = a == 0 and b == n
+            mine = columns if whole else [column[a:b] for column in columns]
+            sizes = vlens if whole else vlens[a:b]
             if headers:
-                payload = encode_records(
-                    mine, width, vlens[a:b], hlens[a:b], run, key, self._compression
-                )
+                payload = encode_records(mine, sizes, hlens[a:b], run, self._compression, key=key)
             else:
-                payload = encode_values(
+                payload = encode_pieces(
                     mine,
+                    sizes,
                     run,
                     self._compression,
                     key=key,
-                    width=width,
-                    vlens=vlens[a:b],
                     before=_JSON_START if as_json else b"",
                     after=_JSON_END if as_json else b"",
                 )
@@ -276,26 +267,24 @@ class Records:
     def _pieces(self, chunks: list[Chunk], route: _Route, lens: list[int]) -> _Pieces:
         """Values (and headers) of every record of ``chunks`` (one format), as pieces: per
         chunk, a column of pieces per position (the same piece for every line when it is
-        constant), then interleaved, record by record."""
+        constant), appended to the group's."""
         headers = self._headers
         with_offset = "offset" in headers
         as_json = route.format == "json"
-        # Value pieces: raw 1 (the line); json 3 (message, middle, offset), and 2 more (the
-        # envelope's start and end) with headers (without, encode_values adds them).
+        # Value pieces: raw 1 (the line); json 3 (the message; the fields after it; the
+        # offset), and 2 more (the envelope's start and end) with headers (without,
+        # encode_pieces adds them).
         # Header pieces: none without headers; else 1 (a constant section) or 2 (a section
         # ending in the offset header's value length, then the offset's digits).
         vw = (5 if headers else 3) if as_json else 1
-        width = vw + ((2 if with_offset else 1) if headers else 0)
-        pieces = _Pieces(len(lens), width)
+        pieces = _Pieces(vw + ((2 if with_offset else 1) if headers else 0))
         a = 0
         for c in chunks:
             b = a + len(c.lines)
             r = self._route(c.source)
-            digits, dwidth, starts = (
-                _digits(c, lens[a:b]) if as_json or with_offset else ([], 0, [])
-            )
+            starts = _starts(c, lens[a:b]) if as_json or with_offset else []
             if as_json:
-                columns, vlens = self._envelopes(c, r, lens[a:b], (digits, dwidth, starts))
+                columns, vlens = self._envelopes(c, r, lens[a:b], starts)
                 if headers:
                     k = b - a
                     columns = [[_JSON_START] * k, *columns, [_JSON_END] * k]
@@ -303,9 +292,10 @@ class Records:
                 columns, vlens = [c.lines], lens[a:b]
             hlens: list[int] = []
             if headers:
-                section, hlens = self._header_columns(c, r, digits if with_offset else None)
+                digits = _decimal(starts) if with_offset else None
+                section, hlens = self._header_columns(c, r, digits)
                 columns += section
-            pieces.fill(a, b, columns, vlens, hlens)
+            pieces.add(columns, vlens, hlens)
             a = b
         return pieces
 
@@ -325,30 +315,38 @@ class Records:
         head = varint(len(parts) + 1) + b"".join(parts) + _header("offset", b"")[:-1]
         by_width = {d: head + varint(d) for d in range(1, 21)}
         dlens = list(map(len, digits))
-        hlens = list(map((len(head) + 1).__add__, dlens))
+        hlens = list(map(add, dlens, repeat(len(head) + 1)))
         return [list(map(by_width.__getitem__, dlens)), digits], hlens
 
     def _envelopes(
-        self, c: Chunk, r: _Route, lens: list[int], offsets: tuple[list[bytes], int, Sequence[int]]
+        self, c: Chunk, r: _Route, lens: list[int], starts: Sequence[int]
     ) -> tuple[list[list[bytes]], list[int]]:
-        """The JSON envelopes of chunk ``c``'s lines (``offsets`` as ``_digits`` gives them)
-        as three columns (message, the fields after it, offset) between ``_JSON_START`` and
-        ``_JSON_END``, and their whole lengths."""
-        digits, dwidth, starts = offsets
+        """The JSON envelopes of chunk ``c``'s lines (starting in the file at ``starts``) as
+        three columns (message; the fields after it; the offset) to go between
+        ``_JSON_START`` and ``_JSON_END``, and their whole lengths."""
         middle = b'","@timestamp":"%s","host":%s,"path":%s%s,"offset":' % (
             rfc3339(int(c.read_at * 1000)).encode(),
             self._host_json,
             _json(c.source.path),
             r.json_extra,
         )
-        messages, middles, fixed = _messages(c, middle, starts)
-        fixed_len = len(_JSON_START) + len(middle) + dwidth + len(_JSON_END)
-        if dwidth:
-            vlens = list(map(fixed_len.__add__, lens))
+        messages, bad, fixed = _messages(c, starts)
+        digits = _decimal(starts)
+        lo, hi = (starts[0], starts[-1]) if c.offsets is None else (min(starts), max(starts))
+        width = len(b"%d" % hi)
+        fixed_len = len(_JSON_START) + len(middle) + len(_JSON_END)
+        if len(b"%d" % lo) == width:  # every offset as wide: one length more for all
+            vlens = list(map(add, lens, repeat(fixed_len + width)))
         else:
-            vlens = list(map(add, map(fixed_len.__add__, lens), map(len, digits)))
+            vlens = list(map(add, map(add, lens, repeat(fixed_len)), map(len, digits)))
         for i in fixed:
-            vlens[i] += len(messages[i]) - lens[i] + len(middles[i]) - len(middle)
+            vlens[i] += len(messages[i]) - lens[i]
+        middles = [middle] * len(lens)
+        if bad:  # base64 messages: flagged after the message
+            flagged = _BASE64_FLAG + middle
+            for i in bad:
+                middles[i] = flagged
+                vlens[i] += len(_BASE64_FLAG)
         return [messages, middles, digits], vlens
 
 
@@ -358,44 +356,40 @@ _JSON_END: Final = b"}"
 _BASE64_FLAG: Final = b'","message_encoding":"base64'
 
 
-def _messages(
-    c: Chunk, middle: bytes, starts: Sequence[int] | None
-) -> tuple[list[bytes], list[bytes], list[int]]:
-    """The JSON string contents of chunk ``c``'s lines and the piece after each, and the
-    indexes of the lines that needed escaping (or base64: not valid UTF-8, flagged in the
-    piece). ``starts``: the lines' file offsets, when they are regular (the blob below then
-    has each line where the file has it, shifted by the chunk's base)."""
+def _messages(c: Chunk, starts: Sequence[int]) -> tuple[list[bytes], list[int], list[int]]:
+    """The JSON string contents of chunk ``c``'s lines, the indexes of the lines in base64
+    (not valid UTF-8), and of all the lines whose contents are not the line (escaped, or
+    base64). ``starts``: the lines' file offsets (when the lines are regular, the blob
+    below has each line where the file has it, shifted by the chunk's base)."""
     lines = c.lines
     k = len(lines)
-    middles = [middle] * k
-    if starts is not None and c.offsets is None and c.eol:
+    if c.offsets is None and c.eol:
         shift, sep = c.base, c.eol
     else:
-        starts = list(accumulate(map((1).__add__, map(len, lines[:-1])), initial=0))
+        starts = list(accumulate(map(add, map(len, lines[:-1]), repeat(1)), initial=0))
         shift, sep = 0, 1
     # Scanned at once, separated by spaces: a line is never special for its separators,
     # and no multibyte sequence spans two lines.
     blob = (b" " * sep).join(lines)
     bad = [] if blob.isascii() else _invalid_utf8(blob, lines)
-    marked = blob.translate(_MARK)
-    pos = marked.find(0)
-    if pos < 0 and not bad:
-        return lines, middles, []
-    special = []
-    while pos >= 0:
-        i = bisect_right(starts, pos + shift) - 1
-        special.append(i)
-        pos = marked.find(0, starts[i + 1] - shift) if i + 1 < k else -1
+    special: set[int] = set()
+    find = blob.find
+    for char in _SPECIAL:  # one memchr pass per byte: cheaper than a per-byte table
+        pos = find(char)
+        while pos >= 0:  # once per line that has it
+            i = bisect_right(starts, pos + shift) - 1
+            special.add(i)
+            pos = find(char, starts[i + 1] - shift) if i + 1 < k else -1
+    if not special and not bad:
+        return lines, [], []
     messages = list(lines)
     invalid = set(bad)
     for i in special:
         if i not in invalid:
             messages[i] = _escape(lines[i])
-    flagged = _BASE64_FLAG + middle
     for i in bad:
         messages[i] = b64encode(lines[i])
-        middles[i] = flagged
-    return messages, middles, sorted(invalid.union(special))
+    return messages, bad, sorted(invalid.union(special))
 
 
 def _escape(line: bytes) -> bytes:
@@ -423,19 +417,18 @@ def _invalid_utf8(blob: bytes, lines: list[bytes]) -> list[int]:
     return out
 
 
-def _digits(c: Chunk, lens: list[int]) -> tuple[list[bytes], int, Sequence[int]]:
-    """Each line's file offset in decimal ASCII, their common length (0: they vary), and
-    the offsets."""
+def _starts(c: Chunk, lens: list[int]) -> Sequence[int]:
+    """Each line's file offset."""
     if c.offsets is not None:
-        starts: Sequence[int] = c.offsets
-        lo, hi = min(starts), max(starts)
-    else:
-        starts = list(accumulate(map(c.eol.__add__, lens[:-1]), initial=c.base))
-        lo, hi = starts[0], starts[-1]
-    # One %-format for the whole chunk: no Python call per line.
-    digits = ((b"%d," * (len(starts) - 1) + b"%d") % tuple(starts)).split(b",")
-    width = len(b"%d" % hi)
-    return digits, width if len(b"%d" % lo) == width else 0, starts
+        return c.offsets
+    return tuple(accumulate(map(add, lens[:-1], repeat(c.eol)), initial=c.base))
+
+
+def _decimal(numbers: Sequence[int]) -> list[bytes]:
+    """Each number in decimal ASCII, by one %-format for them all (no Python call per
+    number)."""
+    text = (b"%d," * (len(numbers) - 1) + b"%d") % tuple(numbers)
+    return text.split(b",")
 
 
 def _stamps_of(stamps: list[tuple[int, int]], a: int, b: int) -> list[tuple[int, int]]:
