@@ -268,10 +268,17 @@ def test_one_key_per_batch() -> None:
 
 
 def test_no_grouping_when_every_record_is_alike() -> None:
-    """Without a key and with one format for every input, takes need no grouping."""
-    assert Records(kafka_cfg(), [Route("logs", "raw", {})] * 2).group is None
+    """Takes need no grouping when every input has one format and one key (none, the
+    host, or a field all inputs share); they do for paths, formats or keys that differ."""
+    two = [Route("logs", "raw", {"t": "a"})] * 2
+    assert Records(kafka_cfg(), two).group is None
+    assert Records(kafka_cfg(key="host"), two).group is None
+    assert Records(kafka_cfg(key="field:t"), two).group is None
+    assert Records(kafka_cfg(key="path"), two).group is not None
     mixed = Records(kafka_cfg(), [Route("logs", "raw", {}), Route("logs", "json", {})])
     assert mixed.group is not None
+    apart = [Route("logs", "raw", {"t": "a"}), Route("logs", "raw", {"t": "b"})]
+    assert Records(kafka_cfg(key="field:t"), apart).group is not None
 
 
 def test_inputs_with_different_formats_share_no_batch() -> None:

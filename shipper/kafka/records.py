@@ -34,10 +34,7 @@ if TYPE_CHECKING:
     from shipper.chunk import Chunk, Source
     from shipper.config import KafkaConfig
 
-__all__ = ["HEADER_ORDER", "Encoded", "Records", "partition_hash", "rfc3339"]
-
-#: The headers a record can carry, in the order they are written.
-HEADER_ORDER: Final = ("host", "path", "fields", "kubernetes", "offset")
+__all__ = ["Encoded", "Records", "partition_hash", "rfc3339"]
 
 # Bytes that JSON strings must escape: '"', '\\' and the control characters U+0000..U+001F.
 _SPECIAL: Final = tuple(bytes([b]) for b in (0x22, 0x5C, *range(0x20)))
@@ -97,7 +94,8 @@ class _Route:
             self.key = _raw(cfg.host)
         elif mode.startswith("field:") and mode[6:] in route.fields:
             self.key = _raw(route.fields[mode[6:]])
-        # Headers other than path and offset, in HEADER_ORDER: (count, bytes).
+        # The headers but path and offset, encoded, in the order they are written: host,
+        # path (b"" holds its place: it is per chunk), fields.*, kubernetes.* (offset last).
         wanted = set(cfg.headers)
         parts: list[bytes] = []
         if "host" in wanted:
@@ -146,7 +144,6 @@ class Records:
     def __init__(
         self, cfg: KafkaConfig, routes: Sequence[Route] = (), compression: int = 0
     ) -> None:
-        self._cfg = cfg
         self._compression = compression
         self._default = _Route(Route(cfg.topic, cfg.format, dict(cfg.fields)), cfg)
         self._routes = [_Route(r, cfg) for r in routes]
@@ -157,9 +154,13 @@ class Records:
         #: Record bytes per line beyond the line itself, seen in the last take, with a margin
         #: (for sizing takes so that one fills about one batch, and not more).
         self.overhead = RECORD_OVERHEAD
-        formats = {r.format for r in (self._default, *self._routes)}
+        used = self._routes or [self._default]
+        formats = {r.format for r in used}
+        keys = {r.key for r in used}
+        #: What the queue's take groups chunks by (one format and one key per take), or
+        #: None when every record is alike.
         self.group: Callable[[Source], Hashable] | None = None
-        if cfg.key != "none" or len(formats) > 1:
+        if self._by_path or len(formats) > 1 or len(keys) > 1:
             self.group = self._group
 
     # -- what goes together ----------------------------------------------------------------
