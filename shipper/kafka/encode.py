@@ -157,38 +157,35 @@ def _size_piece(s: int) -> Callable[[int], int]:
 
 
 # One lead table and one size table per record-length offset s (index): the offset-delta
-# varint size, plus the timestampDelta varint size - 1, plus the key piece's size - 1 (so 1
-# for the first 64 records of a batch without key and timestamp deltas). _LEAD has
-# timestampDelta 0 in it, _LEADT not (the delta then goes before the offset delta).
+# varint size, plus the timestampDelta varint size - 1 (so 1 for the first 64 records of a
+# batch without timestamp deltas). _LEAD has timestampDelta 0 in it, _LEADT not (the delta
+# then goes before the offset delta).
 _LEAD: Final = [_Table(_lead_piece(s, True)) for s in range(_WIDTHS)]
 _LEADT: Final = [_Table(_lead_piece(s, False)) for s in range(_WIDTHS)]
 _SIZE: Final = [_IntTable(_size_piece(s)) for s in range(_WIDTHS)]
 
 
-@functools.lru_cache(maxsize=64)  # keys of a few lengths (paths, a host, a field)
-def _wide_table(s: int, kind: int, after: bytes = b"") -> _Table | _IntTable:
-    if kind == 2:
-        return _IntTable(_size_piece(s))
-    return _Table(_lead_piece(s, kind == 1, after))
+@functools.lru_cache(maxsize=64)  # a few value ends (JSON's "}") by a few widths
+def _lead_after(s: int, delta_zero: bool, after: bytes) -> _Table:
+    return _Table(_lead_piece(s, delta_zero, after))
 
 
 def _lead(s: int, delta_zero: bool, after: bytes = b"") -> _Table:
-    """The lead table for record-length offset ``s`` (beyond the list: keyed records),
-    each lead after the end ``after`` of the previous value."""
-    if s < _WIDTHS and not after:
+    """The lead table for record-length offset ``s``, each lead after the end ``after`` of
+    the previous value."""
+    if not after:
         return _LEAD[s] if delta_zero else _LEADT[s]
-    table = _wide_table(s, 1 if delta_zero else 0, after)
-    assert isinstance(table, _Table)
-    return table
+    return _lead_after(s, delta_zero, after)
 
 
-def _size(s: int) -> _IntTable:
-    """The record size table for record-length offset ``s``."""
-    if s < _WIDTHS:
-        return _SIZE[s]
-    table = _wide_table(s, 2)
-    assert isinstance(table, _IntTable)
-    return table
+@functools.lru_cache(maxsize=8)  # by delta_zero and a few value ends
+def _lead_by_length(delta_zero: bool, after: bytes) -> _Table:
+    """Record length -> [end of the previous value + header count 0 +] varint(length) +
+    attributes 0 (+ timestampDelta 0): leads by record length, for keyed records, whose
+    key lengths vary (a table per key length would not stay small)."""
+    head = after + b"\x00"
+    tail = b"\x00\x00" if delta_zero else b"\x00"
+    return _Table(lambda n: head + varint(n) + tail)
 
 
 # key length -1 (b"\x01") + varint(value length)
@@ -213,10 +210,11 @@ def _offsets(n: int) -> list[bytes]:
     return table
 
 
-@functools.lru_cache(maxsize=64)
-def _key_table(key_piece: bytes, before: bytes = b"") -> _Table:
-    """varint(key length) + key + varint(value length) [+ the start of the value]."""
-    return _Table(lambda n: key_piece + varint(n) + before)
+@functools.lru_cache(maxsize=8)  # with or without the null key, by a few value starts
+def _vlen_table(null_key: bool, before: bytes) -> _Table:
+    """[key length -1 +] varint(value length) + the start of the value."""
+    head = b"\x01" if null_key else b""
+    return _Table(lambda n: head + varint(n) + before)
 
 
 def _key_piece(key: bytes | None) -> bytes:
@@ -318,16 +316,15 @@ def encode_pieces(
     + after``, ``vlens[i]`` bytes in all. ``before`` and ``after`` are the same for every
     value: they ride on the table-made pieces around it, so they cost nothing per record.
     """
-    n = len(vlens)
-    if not n:
-        raise ValueError("a record batch needs at least one record")
-    if any(len(column) != n for column in columns):
-        raise ValueError(f"columns of {[len(c) for c in columns]} pieces for {n} records")
+    n = _check(columns, vlens)
     base, top = _check_stamps(stamps, n)
+    if key is not None:
+        body = _keyed(columns, vlens, None, stamps, key=key, ends=(before, after))
+        return _batch(body, n, base, top, compression)
     step = 3 + len(columns)
     pieces: list[bytes] = [b""] * (step * n + 1)
-    _leads(pieces, step, vlens, stamps, key=key, after=after)
-    kv = _KEYVLEN if key is None and not before else _key_table(_key_piece(key), before)
+    _leads(pieces, step, vlens, stamps, after)
+    kv = _KEYVLEN if not before else _vlen_table(True, before)
     pieces[2 : step * n : step] = map(kv.__getitem__, vlens)
     for j, column in enumerate(columns):
         pieces[3 + j : step * n : step] = column
@@ -342,16 +339,14 @@ def _leads(
     step: int,
     lens: Sequence[int],
     stamps: Sequence[tuple[int, int]],
-    *,
-    key: bytes | None,
     after: bytes,
 ) -> None:
     """Put each record's lead (the end of the previous value, the previous record's header
     count, the record length, attributes, timestampDelta) at ``pieces[step * i]`` and its
-    offset delta after it."""
+    offset delta after it: records without key and headers, by value length."""
     n = len(lens)
     offsets = _offsets(n)
-    if len(stamps) == 1 and key is None and not after:  # the common case: one chunk, raw
+    if len(stamps) == 1 and not after:  # the common case: one chunk, raw
         for a, b, s in _segments(n):
             pieces[step * a : step * b : step] = map(
                 _LEAD[s].__getitem__, lens[a:b] if a or b < n else lens
@@ -359,17 +354,16 @@ def _leads(
         pieces[1 : step * n : step] = offsets[:n]
         return
     base = stamps[0][1]
-    kx = len(_key_piece(key)) - 1
     a = 0
     for count, ts in stamps:
         delta = varint(ts - base)
         for x, y, s in _segments_in(a, a + count):
             if ts == base:
-                lead = _lead(s + kx, True, after)
+                lead = _lead(s, True, after)
                 pieces[step * x : step * y : step] = map(lead.__getitem__, lens[x:y])
                 pieces[step * x + 1 : step * y : step] = offsets[x:y]
             else:
-                lead = _lead(s + len(delta) - 1 + kx, False, after)
+                lead = _lead(s + len(delta) - 1, False, after)
                 pieces[step * x : step * y : step] = map(lead.__getitem__, lens[x:y])
                 pieces[step * x + 1 : step * y : step] = map(add, repeat(delta), offsets[x:y])
         a += count
@@ -384,7 +378,7 @@ def encode_records(
     *,
     key: bytes | None = None,
 ) -> bytes:
-    """Return one RecordBatch v2 of ``len(vlens)`` records with a key and/or headers.
+    """Return one RecordBatch v2 of ``len(vlens)`` records with headers (and a key).
 
     Record ``i``'s value and headers are ``columns[0][i] + columns[1][i] + ...``: pieces of
     the value (``vlens[i]`` bytes in all), then its headers section (``hlens[i]`` bytes: the
@@ -392,41 +386,81 @@ def encode_records(
     record has ``key`` (None: no key). Timestamps, offsets and compression are as in
     ``encode_values``; the bytes are those of kafka-python's builder for the same records.
     """
+    n = _check(columns, vlens)
+    base, top = _check_stamps(stamps, n)
+    body = _keyed(columns, vlens, hlens, stamps, key=key, ends=(b"", b""))
+    return _batch(body, n, base, top, compression)
+
+
+def _keyed(
+    columns: Sequence[Sequence[bytes]],
+    vlens: Sequence[int],
+    hlens: Sequence[int] | int | None,
+    stamps: Sequence[tuple[int, int]],
+    *,
+    key: bytes | None,
+    ends: tuple[bytes, bytes],
+) -> bytes:
+    """The records section of records with a key or headers: leads by record length (from
+    tables that stay small whatever the keys), the key as a piece of its own.
+
+    ``hlens`` None: no headers (each lead then carries the previous record's header count
+    and the end of its value, ``ends[1]``; ``ends[0]`` starts every value).
+    """
+    n = len(vlens)
+    before, after = ends
+    kp = _key_piece(key)
+    tails = list(map(_VS.__getitem__, vlens))  # the value's share of each record length
+    if isinstance(hlens, int):
+        extra = len(kp) + hlens
+    elif hlens is None:
+        extra = len(kp) + 1
+    else:
+        tails = list(map(add, tails, hlens))
+        extra = len(kp)
+    keyed = key is not None
+    step = 3 + keyed + len(columns)
+    pieces: list[bytes] = [b""] * (step * n + (hlens is None))
+    offsets = _offsets(n)
+    if hlens is None:
+        same, other = _lead_by_length(True, after), _lead_by_length(False, after)
+    else:
+        same, other = _VA0, _VA
+    base = stamps[0][1]
+    a = 0
+    for count, ts in stamps:
+        delta = varint(ts - base)
+        table = same if ts == base else other
+        for x, y, s in _segments_in(a, a + count):
+            # attributes + timestampDelta + offsetDelta + key + value share + headers
+            fixed = 1 + len(delta) + s + extra
+            lengths = map(add, tails[x:y], repeat(fixed))
+            pieces[step * x : step * y : step] = map(table.__getitem__, lengths)
+            if ts == base:
+                pieces[step * x + 1 : step * y : step] = offsets[x:y]
+            else:
+                pieces[step * x + 1 : step * y : step] = map(add, repeat(delta), offsets[x:y])
+        a += count
+    if keyed:
+        pieces[2 : step * n : step] = [kp] * n
+    kv = _KEYVLEN if not keyed and not before else _vlen_table(not keyed, before)
+    pieces[2 + keyed : step * n : step] = map(kv.__getitem__, vlens)
+    for j, column in enumerate(columns):
+        pieces[3 + keyed + j : step * n : step] = column
+    if hlens is None:
+        pieces[0] = pieces[0][len(after) + 1 :]
+        pieces[-1] = after + b"\x00"
+    return b"".join(pieces)
+
+
+def _check(columns: Sequence[Sequence[bytes]], vlens: Sequence[int]) -> int:
+    """The number of records, when there are some and every column has a piece of each."""
     n = len(vlens)
     if not n:
         raise ValueError("a record batch needs at least one record")
     if any(len(column) != n for column in columns):
         raise ValueError(f"columns of {[len(c) for c in columns]} pieces for {n} records")
-    base, top = _check_stamps(stamps, n)
-    kp = _key_piece(key)
-    tails = list(map(_VS.__getitem__, vlens))  # the value's share of each record length
-    if isinstance(hlens, int):
-        extra = len(kp) + hlens
-    else:
-        tails = list(map(add, tails, hlens))
-        extra = len(kp)
-    step = len(columns) + 3
-    pieces: list[bytes] = [b""] * (step * n)
-    offsets = _offsets(n)
-    a = 0
-    for count, ts in stamps:
-        delta = varint(ts - base)
-        for x, y, s in _segments_in(a, a + count):
-            # attributes + timestampDelta + offsetDelta + key + value share + headers
-            fixed = 1 + len(delta) + s + extra
-            lengths = map(add, tails[x:y], repeat(fixed))
-            if ts == base:
-                pieces[step * x : step * y : step] = map(_VA0.__getitem__, lengths)
-                pieces[step * x + 1 : step * y : step] = offsets[x:y]
-            else:
-                pieces[step * x : step * y : step] = map(_VA.__getitem__, lengths)
-                pieces[step * x + 1 : step * y : step] = map(add, repeat(delta), offsets[x:y])
-        a += count
-    kv = _KEYVLEN if key is None else _key_table(kp)
-    pieces[2::step] = map(kv.__getitem__, vlens)
-    for j, column in enumerate(columns):
-        pieces[3 + j :: step] = column
-    return _batch(b"".join(pieces), n, base, top, compression)
+    return n
 
 
 def _check_stamps(stamps: Sequence[tuple[int, int]], n: int) -> tuple[int, int]:
@@ -462,10 +496,10 @@ def batch_size(lines: Sequence[bytes]) -> int:
 
 def _size_of(lens: Sequence[int], extra: int = 0) -> int:
     """Batch size for records of value lengths ``lens`` (exact with ``extra`` 0; with
-    ``extra`` bytes more per record for a key or timestamp deltas, an upper bound)."""
+    ``extra`` bytes more per record for timestamp deltas, an upper bound)."""
     segments = _segments(len(lens))
     return HEADER_SIZE + sum(
-        sum(map(_size(s + extra).__getitem__, lens[a:b])) for a, b, s in segments
+        sum(map(_SIZE[s + extra].__getitem__, lens[a:b])) for a, b, s in segments
     )
 
 
@@ -507,7 +541,9 @@ def split_values(
     n = len(vlens)
     if not n:
         return []
-    extra = delta_width - 1 + len(_key_piece(key)) - 1
+    if key is not None:
+        return split_records(vlens, 1, max_bytes, max_lines, key, delta_width)
+    extra = delta_width - 1
     if n <= max_lines:
         # Cheap bound first: every record as long as the longest, with the widest varints.
         s, longest = _offset_class(n - 1) + extra, max(vlens)
@@ -517,7 +553,7 @@ def split_values(
         if _size_of(vlens, extra) <= max_bytes:  # from the lengths already taken
             return [(0, n)]
     widest = _offset_class(min(n, max_lines) - 1) + extra
-    cum = list(accumulate(map(_size(widest).__getitem__, vlens)))
+    cum = list(accumulate(map(_SIZE[widest].__getitem__, vlens)))
     return _cut(cum, max_bytes - HEADER_SIZE, max_lines)
 
 
