@@ -104,17 +104,29 @@ def ts_width(stamps: Sequence[tuple[int, int]]) -> int:
 class _Table(dict[int, bytes]):
     """Length -> bytes, computed on a miss and cached only below ``_TABLE_LIMIT``."""
 
-    __slots__ = ("_fn",)
+    __slots__ = ("_fn", "_row")
 
     def __init__(self, fn: Callable[[int], bytes]) -> None:
         super().__init__()
         self._fn = fn
+        self._row: list[bytes] = []
 
     def __missing__(self, n: int) -> bytes:
         v = self._fn(n)
         if n < _TABLE_LIMIT:
             self[n] = v
         return v
+
+    def lookup(self, top: int) -> Callable[[int], bytes]:
+        """The fastest way to look up lengths up to ``top``: a list (indexing one beats
+        hashing ints above Python's cached small ones, as JSON envelopes' lengths are),
+        grown to ``top`` (replaced, never mutated), or the table itself past the cache."""
+        if top >= _TABLE_LIMIT:
+            return self.__getitem__
+        row = self._row
+        if len(row) <= top:
+            row = self._row = row + list(map(self._fn, range(len(row), top + 1)))
+        return row.__getitem__
 
 
 class _IntTable(dict[int, int]):
@@ -323,9 +335,11 @@ def encode_pieces(
         return _batch(body, n, base, top, compression)
     step = 3 + len(columns)
     pieces: list[bytes] = [b""] * (step * n + 1)
-    _leads(pieces, step, vlens, stamps, after)
+    longest = max(vlens) if after or before else -1  # envelopes: long values, list lookups
+    _leads(pieces, step, vlens, stamps, after, longest)
     kv = _KEYVLEN if not before else _vlen_table(True, before)
-    pieces[2 : step * n : step] = map(kv.__getitem__, vlens)
+    lookup = kv.lookup(longest) if longest >= 0 else kv.__getitem__
+    pieces[2 : step * n : step] = map(lookup, vlens)
     for j, column in enumerate(columns):
         pieces[3 + j : step * n : step] = column
     # The first record has no previous value end and header count before it.
@@ -334,16 +348,18 @@ def encode_pieces(
     return _batch(b"".join(pieces), n, base, top, compression)
 
 
-def _leads(
+def _leads(  # noqa: PLR0917  # a helper of encode_pieces
     pieces: list[bytes],
     step: int,
     lens: Sequence[int],
     stamps: Sequence[tuple[int, int]],
     after: bytes,
+    longest: int,
 ) -> None:
     """Put each record's lead (the end of the previous value, the previous record's header
     count, the record length, attributes, timestampDelta) at ``pieces[step * i]`` and its
-    offset delta after it: records without key and headers, by value length."""
+    offset delta after it: records without key and headers, by value length (lists of
+    leads up to ``longest`` when it is not -1)."""
     n = len(lens)
     offsets = _offsets(n)
     if len(stamps) == 1 and not after:  # the common case: one chunk, raw
@@ -358,13 +374,12 @@ def _leads(
     for count, ts in stamps:
         delta = varint(ts - base)
         for x, y, s in _segments_in(a, a + count):
+            table = _lead(s + len(delta) - 1, ts == base, after)
+            lead = table.lookup(longest) if longest >= 0 else table.__getitem__
+            pieces[step * x : step * y : step] = map(lead, lens[x:y])
             if ts == base:
-                lead = _lead(s, True, after)
-                pieces[step * x : step * y : step] = map(lead.__getitem__, lens[x:y])
                 pieces[step * x + 1 : step * y : step] = offsets[x:y]
             else:
-                lead = _lead(s + len(delta) - 1, False, after)
-                pieces[step * x : step * y : step] = map(lead.__getitem__, lens[x:y])
                 pieces[step * x + 1 : step * y : step] = map(add, repeat(delta), offsets[x:y])
         a += count
 
