@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchkit.gen import generate
 from kafka import KafkaConsumer
+from kafka.admin import KafkaAdminClient
 
 from shipper.chunk import Chunk, Source
 from shipper.config import KafkaConfig, QueueConfig, Route, build
@@ -220,6 +221,11 @@ def bench_kafka(bootstrap: str, chunks: list[Chunk], mode: str, args: argparse.N
         if len(got) >= n:
             break
     consumer.close()
+    admin = KafkaAdminClient(bootstrap_servers=[bootstrap])
+    try:
+        admin.delete_topics([topic])  # a shared broker keeps no benchmark data
+    finally:
+        admin.close()
     ok = got == lines and snap.sent_lines == n
     print(f"read back {len(got):,d} records: {'exact, in order' if ok else 'MISMATCH'}")
     return ok
