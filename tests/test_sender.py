@@ -25,6 +25,7 @@ from shipper.chunk import Chunk, Source
 from shipper.config import KafkaConfig, QueueConfig
 from shipper.kafka import sender as sender_mod
 from shipper.kafka.encode import available_compressions
+from shipper.kafka.records import Records
 from shipper.kafka.sender import KafkaSender
 from shipper.ledger import Ledger
 from shipper.queue import DropQueue
@@ -479,16 +480,16 @@ def test_leader_failover_never_duplicates(cluster: FakeCluster, rigs: list[Rig])
 def test_crash_is_logged_counted_and_survived(
     cluster: FakeCluster, rigs: list[Rig], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = sender_mod.encode_batch
+    real = sender_mod.Records.batches
     calls = {"n": 0}
 
-    def flaky(lines: list[bytes], ts: int, compression: int = 0) -> bytes:
+    def flaky(self: Records, chunks: list[Chunk], max_bytes: int, max_lines: int) -> Any:
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("boom")
-        return real(lines, ts, compression)
+        return real(self, chunks, max_bytes, max_lines)
 
-    monkeypatch.setattr(sender_mod, "encode_batch", flaky)
+    monkeypatch.setattr(sender_mod.Records, "batches", flaky)
     monkeypatch.setattr(sender_mod, "_CRASH_BACKOFF", 0.01)
     rig = Rig(cluster.bootstrap)
     rigs.append(rig)

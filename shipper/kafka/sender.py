@@ -11,26 +11,18 @@ from __future__ import annotations
 
 import threading
 import time
-import zlib
-from itertools import chain
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from shipper.kafka.client import Batch, Client, State
-from shipper.kafka.encode import (
-    HEADER_SIZE,
-    RECORD_OVERHEAD,
-    batch_size,
-    compression_code,
-    encode_batch,
-    split_batches,
-)
+from shipper.kafka.encode import HEADER_SIZE, compression_code
+from shipper.kafka.records import Records
 from shipper.log import RateLimiter
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
-    from shipper.chunk import Source
-    from shipper.config import KafkaConfig
+    from shipper.config import KafkaConfig, Route
     from shipper.ledger import Ledger
     from shipper.queue import DropQueue
 
@@ -42,17 +34,19 @@ _CRASH_BACKOFF: Final = 1.0
 _WARN_INTERVAL: Final = 10.0
 
 
-def _by_path(source: Source) -> str:
-    return source.path
-
-
 class KafkaSender:
     """Takes chunks from the queue, encodes record batches and writes them with acks=0."""
 
     def __init__(
-        self, cfg: KafkaConfig, queue: DropQueue, ledger: Ledger, log: FilteringBoundLogger
+        self,
+        cfg: KafkaConfig,
+        queue: DropQueue,
+        ledger: Ledger,
+        log: FilteringBoundLogger,
+        routes: Sequence[Route] = (),
     ) -> None:
         self._compression = compression_code(cfg.compression)  # the config checked it
+        self._records = Records(cfg, routes, self._compression)
         self._cfg = cfg
         self._queue = queue
         self._ledger = ledger
@@ -152,11 +146,8 @@ class KafkaSender:
         cfg = self._cfg
         take = self._queue.take
         max_bytes, max_lines = cfg.batch_max_bytes, cfg.batch_max_lines
-        by_file = cfg.key == "path"
-        group = _by_path if by_file else None
-        key: int | None = None
-        if cfg.key == "host":
-            key = zlib.crc32(cfg.host.encode())
+        records = self._records
+        group = records.group  # one key per batch (and one format per take)
         while True:
             draining = self._stopping.is_set()
             if draining and time.monotonic() >= self._stop_deadline[0]:
@@ -174,31 +165,27 @@ class KafkaSender:
                 if draining:
                     return  # the queue is empty
                 continue
-            if len(chunks) == 1:
-                lines, nbytes = chunks[0].lines, chunks[0].nbytes
-            else:
-                lines = list(chain.from_iterable(c.lines for c in chunks))
-                nbytes = sum(c.nbytes for c in chunks)
-            if by_file:
-                key = zlib.crc32(chunks[0].source.path.encode())
-            self._held_lines += len(lines)
+            n = sum(len(c.lines) for c in chunks)
+            nbytes = sum(c.nbytes for c in chunks)
+            self._held_lines += n
             self._held_bytes += nbytes
-            self._adapt_budget(len(lines), nbytes)
-            for run, raw in split_batches(lines, max_bytes, max_lines):
+            self._adapt_budget(n, nbytes)
+            for batch in records.batches(chunks, max_bytes, max_lines):
                 if draining and time.monotonic() >= self._stop_deadline[0]:
                     return  # the rest of this take is settled as ``shutdown``
-                if len(run) == 1 and batch_size(run) > max_bytes:
-                    self._settle_dropped("line_too_long", 1, raw)
-                    self._warn("line_too_long", line_bytes=raw, batch_max_bytes=max_bytes)
+                if batch.payload is None:  # one record too long for any batch
+                    self._settle_dropped("line_too_long", batch.lines, batch.nbytes)
+                    self._warn("line_too_long", line_bytes=batch.nbytes, batch_max_bytes=max_bytes)
                     continue
-                payload = encode_batch(run, int(time.time() * 1000), self._compression)
                 self._finish_outstanding()  # at most one batch waits while we encode the next
-                self._submit(client, Batch(payload, len(run), raw, 0.0, key))
+                self._submit(
+                    client, Batch(batch.payload, batch.lines, batch.nbytes, 0.0, batch.partition)
+                )
 
     def _adapt_budget(self, n: int, nbytes: int) -> None:
         # Take about one batch worth of raw bytes, so a take rarely splits into two batches.
         room = self._cfg.batch_max_bytes - HEADER_SIZE
-        self._raw_budget = max(1, room * nbytes // (nbytes + RECORD_OVERHEAD * n))
+        self._raw_budget = max(1, room * nbytes // (nbytes + self._records.overhead * n))
 
     def _ensure_client(self) -> Client:
         client = self._client
