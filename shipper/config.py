@@ -692,6 +692,12 @@ def _config_rules(c: Config) -> list[tuple[str, str]]:
     for i, inp in enumerate(c.inputs):
         if inp.format == "json" and c.kafka.headers:
             out.append((f"inputs[{i}].format", "json does not go with kafka.headers"))
+    name = c.kafka.key.removeprefix("field:")
+    if name != c.kafka.key and name not in c.kafka.fields:
+        # A record key must come from somewhere for every input, or its lines go unkeyed.
+        unset = [f"inputs[{i}]" for i, inp in enumerate(c.inputs) if name not in inp.fields]
+        if unset:
+            out.append(("kafka.key", f"field {name!r} is not set for {', '.join(unset)}"))
     return out
 
 

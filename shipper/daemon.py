@@ -39,7 +39,7 @@ class Daemon:
         self.ledger = Ledger()
         self.queue = DropQueue(cfg.queue, self.ledger)
         self.registry = Registry(cfg.registry.path, cfg.registry.reserve, cfg.registry.forget_after)
-        self.sender = KafkaSender(cfg.kafka, cfg.routes, self.queue, self.ledger, self.log)
+        self.sender = KafkaSender(cfg.kafka, self.queue, self.ledger, self.log, cfg.routes)
         self.tailer = Tailer(
             cfg.inputs,
             cfg.tail,

@@ -29,6 +29,7 @@ from shipper.config import KafkaConfig, QueueConfig, Route
 from shipper.kafka import sender as sender_mod
 from shipper.kafka.client import REJECT_STREAK
 from shipper.kafka.encode import LINE_ROOM, available_compressions
+from shipper.kafka.records import Records
 from shipper.kafka.sender import KafkaSender
 from shipper.ledger import Ledger, Snapshot
 from shipper.queue import DropQueue
@@ -383,7 +384,7 @@ class Rig:
         kafka.setdefault("linger", 0.001)
         self.cfg = KafkaConfig(bootstrap_servers=[bootstrap], **kafka)
         self.log = RecordingLog()
-        self.sender = KafkaSender(self.cfg, routes, self.queue, self.ledger, self.log)  # type: ignore[arg-type]
+        self.sender = KafkaSender(self.cfg, self.queue, self.ledger, self.log, routes)  # type: ignore[arg-type]
         self.stopped = False
 
     def put(self, lines: list[bytes], path: str = "/var/log/app.log", input: int = 0) -> None:
@@ -673,9 +674,11 @@ def test_shutdown_with_a_silent_broker_counts_unconfirmed(
 
 
 def test_line_too_long_is_dropped_not_stuck(cluster: FakeCluster, rigs: list[Rig]) -> None:
-    """With ``long_lines: drop`` a line no batch can hold is dropped as line_too_long."""
+    """A line no batch of its topic can hold is dropped as line_too_long, with ``long_lines:
+    drop`` (and whenever its record would not fit even cut, as the records module does)."""
     route = Route(topic="logs", format="raw", fields={}, long_lines="drop")
-    rig = Rig(cluster.bootstrap, routes=(route,), batch_max_bytes=4096)
+    cluster.max_message_bytes["logs"] = 4096
+    rig = Rig(cluster.bootstrap, routes=(route,))
     rigs.append(rig)
     rig.sender.start()
     big = b"B" * 5000
@@ -692,9 +695,11 @@ def test_line_too_long_is_dropped_not_stuck(cluster: FakeCluster, rigs: list[Rig
 
 
 def test_line_too_long_is_truncated_to_fit(cluster: FakeCluster, rigs: list[Rig]) -> None:
-    """With ``long_lines: truncate`` such a line ships cut to the batch limit less LINE_ROOM;
-    the cut bytes count as line_too_long bytes, the line as one line."""
-    rig = Rig(cluster.bootstrap, batch_max_bytes=4096)
+    """A topic whose max.message.bytes is below batch_max_bytes (the tailer cut lines for the
+    larger limit): with ``long_lines: truncate`` a line too long for the topic ships cut to
+    its limit less LINE_ROOM; the cut bytes count as line_too_long bytes, the line as one."""
+    cluster.max_message_bytes["logs"] = 4096
+    rig = Rig(cluster.bootstrap)  # batch_max_bytes stays 1000 KiB
     rigs.append(rig)
     rig.sender.start()
     big = b"B" * 5000
@@ -915,16 +920,16 @@ def test_crash_is_logged_counted_and_survived(
     cluster: FakeCluster, rigs: list[Rig], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An unexpected error in the sender drops what it held as sender_error and it goes on."""
-    real = sender_mod.encode_batch
+    real = sender_mod.Records.batches
     calls = {"n": 0}
 
-    def flaky(lines: list[bytes], ts: int, compression: int = 0) -> bytes:
+    def flaky(self: Records, chunks: list[Chunk], max_bytes: int, max_lines: int) -> Any:
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("boom")
-        return real(lines, ts, compression)
+        return real(self, chunks, max_bytes, max_lines)
 
-    monkeypatch.setattr(sender_mod, "encode_batch", flaky)
+    monkeypatch.setattr(sender_mod.Records, "batches", flaky)
     monkeypatch.setattr(sender_mod, "_CRASH_BACKOFF", 0.01)
     rig = Rig(cluster.bootstrap)
     rigs.append(rig)

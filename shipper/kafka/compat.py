@@ -28,6 +28,7 @@ with warnings.catch_warnings():
     from kafka.net.manager import KafkaConnectionManager
     from kafka.net.selector import NetworkSelector
     from kafka.net.transport import KafkaSSLTransport, KafkaTCPTransport
+    from kafka.partitioner.default import murmur2 as _murmur2
     from kafka.protocol.admin import DescribeConfigsRequest
     from kafka.protocol.consumer import ListOffsetsRequest
     from kafka.protocol.metadata import MetadataRequest
@@ -61,6 +62,7 @@ __all__ = [
     "is_timeout",
     "kerr",
     "leader_ready_request",
+    "murmur2",
     "new_client",
     "partition_error",
     "produce_request",
@@ -89,6 +91,12 @@ def codec() -> ModuleType:
     """kafka-python's codec module (snappy framing, lz4 and zstd helpers)."""
     codec_module: ModuleType = kafka.codec
     return codec_module
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's default partitioner hash of ``data`` (the Java client's ``Utils.murmur2``), as
+    an unsigned 32-bit int."""
+    return int(_murmur2(data))
 
 
 class _Manager(KafkaConnectionManager):  # type: ignore[misc]  # kafka-python is untyped

@@ -13,28 +13,22 @@ from __future__ import annotations
 
 import threading
 import time
-import zlib
+from array import array
 from collections.abc import Callable, Hashable, Sequence
-from itertools import chain
+from itertools import compress
 from typing import TYPE_CHECKING, Any, Final
 
+from shipper.chunk import Chunk
 from shipper.config import Route
 from shipper.kafka.client import Batch, Books, Client, State
-from shipper.kafka.encode import (
-    HEADER_SIZE,
-    LINE_ROOM,
-    RECORD_OVERHEAD,
-    batch_size,
-    compression_code,
-    encode_batch,
-    split_batches,
-)
+from shipper.kafka.encode import HEADER_SIZE, LINE_ROOM, RECORD_OVERHEAD, compression_code
+from shipper.kafka.records import Records
 from shipper.log import RateLimiter
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
-    from shipper.chunk import Chunk, Source
+    from shipper.chunk import Source
     from shipper.config import KafkaConfig
     from shipper.ledger import Ledger
     from shipper.queue import DropQueue
@@ -57,14 +51,15 @@ class KafkaSender:
     def __init__(
         self,
         cfg: KafkaConfig,
-        routes: Sequence[Route],
         queue: DropQueue,
         ledger: Ledger,
         log: FilteringBoundLogger,
+        routes: Sequence[Route] = (),
     ) -> None:
         self._compression = compression_code(cfg.compression)  # the config checked it
+        self._records = Records(cfg, routes, self._compression)
         self._cfg = cfg
-        self._default = Route(topic=cfg.topic, format=cfg.format, fields={})
+        self._default = Route(topic=cfg.topic, format=cfg.format, fields=dict(cfg.fields))
         self._routes = tuple(routes) or (self._default,)
         self._topics = tuple(dict.fromkeys(r.topic for r in self._routes))
         self._queue = queue
@@ -84,7 +79,6 @@ class KafkaSender:
         self._raw_budget = cfg.batch_max_bytes - HEADER_SIZE
         self._crashes = 0
         self._dropped_unavailable = 0
-        self._host_key = zlib.crc32(cfg.host.encode()) if cfg.key == "host" else None
 
     # -- public ------------------------------------------------------------------------------
     @property
@@ -170,19 +164,20 @@ class KafkaSender:
         self._log.info("sender_stopped")
 
     def _group(self) -> Callable[[Source], Hashable] | None:
-        """What a take must not mix: topics, and files too with ``key: path``."""
+        """What a take must not mix: topics, and what records must not mix (formats, keys)."""
         topic_of = [r.topic for r in self._routes]
         default = self._default.topic
+        records = self._records.group
 
         def topic(source: Source) -> str:
             i = source.input
-            return topic_of[i] if i < len(topic_of) else default
+            return topic_of[i] if 0 <= i < len(topic_of) else default
 
-        if self._cfg.key == "path":
-            return lambda source: (topic(source), source.path)
-        if len(self._topics) > 1:
+        if len(self._topics) == 1:
+            return records
+        if records is None:
             return topic
-        return None
+        return lambda source: (topic(source), records(source))
 
     def _loop(self) -> None:
         cfg = self._cfg
@@ -210,57 +205,82 @@ class KafkaSender:
                 return  # the stop deadline passed: the rest is settled as ``shutdown``
 
     def _ship(self, client: Client, chunks: list[Chunk], draining: bool) -> bool:
-        """Split one take into batches of its topic's size, encode and submit each; False
-        when the stop deadline passed before all were submitted."""
+        """Encode one take into batches of its topic's size and submit each; False when the
+        stop deadline passed before all were submitted."""
         cfg = self._cfg
-        first = chunks[0]
-        if len(chunks) == 1:
-            lines, nbytes = first.lines, first.nbytes
-        else:
-            lines = list(chain.from_iterable(c.lines for c in chunks))
-            nbytes = sum(c.nbytes for c in chunks)
-        i = first.source.input
-        route = self._routes[i] if i < len(self._routes) else self._default
+        i = chunks[0].source.input
+        route = self._routes[i] if 0 <= i < len(self._routes) else self._default
         topic = route.topic
-        key = self._host_key
-        if cfg.key == "path":
-            key = zlib.crc32(first.source.path.encode())
-        self._held_lines += len(lines)
+        n = sum(len(c.lines) for c in chunks)
+        nbytes = sum(c.nbytes for c in chunks)
+        self._held_lines += n
         self._held_bytes += nbytes
         max_bytes = client.batch_limit(topic, time.monotonic() + cfg.unavailable_timeout)
-        self._adapt_budget(max_bytes, len(lines), nbytes)
-        for run, raw in split_batches(lines, max_bytes, cfg.batch_max_lines):
+        if max_bytes < cfg.batch_max_bytes:  # the tailer cut lines for a larger limit
+            chunks = self._fit_lines(chunks, max_bytes, route)
+        self._adapt_budget(max_bytes, n, nbytes)
+        for batch in self._records.batches(chunks, max_bytes, cfg.batch_max_lines):
             if draining and time.monotonic() >= self._stop_deadline[0]:
                 return False
-            if len(run) == 1 and batch_size(run) > max_bytes:
-                run, raw = self._too_long(run[0], raw, max_bytes, route)  # noqa: PLW2901
-                if not run:
-                    continue
-            payload = encode_batch(run, int(time.time() * 1000), self._compression)
+            if batch.payload is None:  # one record too long for any batch
+                self._settle_dropped("line_too_long", batch.lines, batch.nbytes)
+                self._warn(
+                    "line_too_long", topic=topic, line_bytes=batch.nbytes, batch_max_bytes=max_bytes
+                )
+                continue
             self._finish_outstanding()  # at most one batch waits while we encode the next
-            self._submit(client, Batch(payload, len(run), raw, 0.0, key=key, topic=topic))
+            self._submit(
+                client,
+                Batch(
+                    batch.payload,
+                    batch.lines,
+                    batch.nbytes,
+                    0.0,
+                    key=batch.partition,
+                    topic=topic,
+                ),
+            )
         return True
 
-    def _too_long(
-        self, line: bytes, raw: int, max_bytes: int, route: Route
-    ) -> tuple[list[bytes], int]:
-        """A line no batch of its topic can hold: truncate it to fit (cut bytes counted as
-        ``line_too_long`` bytes) or drop it (``line_too_long``), as the input's
-        ``long_lines`` says."""
-        keep = max_bytes - LINE_ROOM
-        if route.long_lines == "truncate" and keep > 0:
-            self._settle_dropped("line_too_long", 0, raw - keep)
-            self._ledger.event("lines_truncated")
-            self._warn("line_truncated", by="sender", topic=route.topic, line_bytes=raw, kept=keep)
-            return [line[:keep]], keep
-        self._settle_dropped("line_too_long", 1, raw)
-        self._warn("line_too_long", topic=route.topic, line_bytes=raw, batch_max_bytes=max_bytes)
-        return [], 0
+    def _fit_lines(self, chunks: list[Chunk], max_bytes: int, route: Route) -> list[Chunk]:
+        """Lines too long for this topic's batch limit (less ``LINE_ROOM`` and the records'
+        overhead) follow the input's ``long_lines``: cut to fit (the bytes cut count as
+        ``line_too_long`` bytes; event ``lines_truncated``) or dropped (``line_too_long``).
+        Per chunk, and only for topics whose limit is below ``batch_max_bytes``."""
+        # LINE_ROOM holds a raw record's overhead; an envelope or headers need more.
+        keep = max(1, max_bytes - LINE_ROOM - (self._records.overhead - RECORD_OVERHEAD))
+        out = []
+        for c in chunks:
+            if not c.lines or max(map(len, c.lines)) <= keep:
+                out.append(c)
+                continue
+            starts = c.starts()
+            fits = [len(line) <= keep for line in c.lines]
+            if route.long_lines == "truncate":
+                lines = [x if ok else x[:keep] for x, ok in zip(c.lines, fits, strict=True)]
+                offsets = array("q", starts)
+                cut = fits.count(False)
+                self._ledger.event("lines_truncated", cut)
+                self._warn("line_truncated", by="sender", topic=route.topic, count=cut, kept=keep)
+            else:
+                lines = list(compress(c.lines, fits))
+                offsets = array("q", compress(starts, fits))
+                self._warn(
+                    "line_too_long",
+                    topic=route.topic,
+                    count=len(c.lines) - len(lines),
+                    batch_max_bytes=max_bytes,
+                )
+            left = sum(map(len, lines))
+            self._settle_dropped("line_too_long", len(c.lines) - len(lines), c.nbytes - left)
+            if lines:
+                out.append(Chunk(lines, left, c.source, c.read_at, offsets[0], 0, offsets))
+        return out
 
     def _adapt_budget(self, max_bytes: int, n: int, nbytes: int) -> None:
         # Take about one batch worth of raw bytes, so a take rarely splits into two batches.
         room = max_bytes - HEADER_SIZE
-        self._raw_budget = max(1, room * nbytes // (nbytes + RECORD_OVERHEAD * n))
+        self._raw_budget = max(1, room * nbytes // (nbytes + self._records.overhead * n))
 
     def _ensure_client(self) -> Client:
         client = self._client
