@@ -15,13 +15,36 @@ import re
 import threading
 from collections.abc import Iterable
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 __all__ = ["ChangeSet", "Matcher", "Watcher", "base_dir", "glob_to_regex"]
 
 _MAGIC = re.compile(r"[*?\[]")
+# The events that can mean new bytes or a new name. Not opened / closed-without-writing: the
+# tailer's own reads cause those, and waking it on them would make it wake itself for ever.
+_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileClosedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+]
 
 _STOP_RACE = "InotifyEmitter.queue_events() called when the thread is inactive"
 
@@ -190,7 +213,9 @@ class Watcher:
         if not os.path.isdir(directory):
             return False
         try:
-            self._observer.schedule(self._handler, directory, recursive=recursive)
+            self._observer.schedule(
+                self._handler, directory, recursive=recursive, event_filter=_EVENTS
+            )
         except OSError as exc:  # inotify watch limit, permissions: poll covers it
             self.failed[directory] = exc.strerror or str(exc)
             return False

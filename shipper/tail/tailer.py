@@ -215,35 +215,10 @@ class Tailer:
                     break
 
     # -- opening ------------------------------------------------------------------------
-    def _try_open(self, path: str, idx: int) -> None:  # noqa: PLR0911  # one exit per reason to skip
-        inp = self._inputs[idx]
-        try:
-            lst = os.lstat(path)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            self._open_failed(path, exc)
-            return
-        if stat.S_ISLNK(lst.st_mode):
-            if not inp.follow_symlinks:
-                return
-            real = os.path.realpath(path)
-            if not self._matchers[idx].inside_roots(real):
-                self._ledger.event("symlink_outside_roots")
-                self._warn("symlink_outside_roots", path=path, target=real)
-                return
-        try:
-            st = os.stat(path)
-        except OSError:
-            return
-        if not stat.S_ISREG(st.st_mode):
-            return
-        key = f"{st.st_dev}:{st.st_ino}"
-        known = self._by_key.get(key)
-        if known is not None:
-            self._registry.seen(known.entry, time.time())
-            return
-        if inp.ignore_older is not None and time.time() - st.st_mtime > inp.ignore_older:
+    def _try_open(self, path: str, idx: int) -> None:
+        """Open ``path`` for input ``idx`` if it is a file to read and not open yet."""
+        st = self._openable(path, idx)
+        if st is None:
             return
         if len(self._by_key) >= self._cfg.max_open_files and not self._make_room():
             self._ledger.event("open_deferred")
@@ -259,6 +234,42 @@ class Tailer:
         except OSError as exc:
             os.close(fd)
             self._open_failed(path, exc)
+
+    def _openable(self, path: str, idx: int) -> os.stat_result | None:  # noqa: PLR0911  # one exit per reason to skip
+        """The stat of ``path`` if it is a file of input ``idx`` to open now, else None."""
+        inp = self._inputs[idx]
+        try:
+            lst = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self._open_failed(path, exc)
+            return None
+        if stat.S_ISLNK(lst.st_mode):
+            if not inp.follow_symlinks:
+                return None
+            real = os.path.realpath(path)
+            if not self._matchers[idx].inside_roots(real):
+                self._ledger.event("symlink_outside_roots")
+                self._warn("symlink_outside_roots", path=path, target=real)
+                return None
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        known = self._by_key.get(f"{st.st_dev}:{st.st_ino}")
+        if known is not None:
+            self._registry.seen(known.entry, time.time())
+            return None
+        if inp.ignore_older is not None and time.time() - st.st_mtime > inp.ignore_older:
+            return None
+        if not st.st_size:
+            # Nothing to read, and nothing to tell the file by yet: open it once it has bytes
+            # (a write wakes us; the rescan is the safety net).
+            return None
+        return st
 
     def _open_failed(self, path: str, exc: OSError) -> None:
         self._retry.add(path)
