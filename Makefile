@@ -30,7 +30,7 @@ test: $(STAMP)
 	$(BIN)/ruff check shipper tests bench scripts
 	$(BIN)/ruff format --check shipper tests bench scripts
 	$(BIN)/mypy
-	scripts/kafka-local fetch >/dev/null
+	scripts/kafka-local fetch --security >/dev/null
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
