@@ -17,20 +17,33 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import TopicAuthorizationFailedError
 
-from shipper.readback import collect_stray_sockets
 from tests.conftest import KAFKA_LOCAL, free_port
+from tests.support.readback import collect_stray_sockets
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 # Settings of the caller's shell that would change the broker this module starts.
-_SHAPE_VARS = ("KAFKA_NODES", "KAFKA_FAULT_PORT", "KAFKA_CONTROLLER_PORT", "KAFKA_SASL_SSL_PORT",
-               "KAFKA_SSL_PORT", "KAFKA_SASL_PLAINTEXT_PORT", "KAFKA_BOOTSTRAP")
+_SHAPE_VARS = (
+    "KAFKA_NODES",
+    "KAFKA_FAULT_PORT",
+    "KAFKA_CONTROLLER_PORT",
+    "KAFKA_SASL_SSL_PORT",
+    "KAFKA_SSL_PORT",
+    "KAFKA_SASL_PLAINTEXT_PORT",
+    "KAFKA_BOOTSTRAP",
+)
 
 
 def _script(env: dict[str, str], *args: str, timeout: float) -> str:
     """Run scripts/kafka-local; its stdout, or a failure that shows its stderr."""
-    proc = subprocess.run([str(KAFKA_LOCAL), *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    proc = subprocess.run(
+        [str(KAFKA_LOCAL), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     if proc.returncode != 0:
         pytest.fail(f"kafka-local {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
     return proc.stdout
@@ -47,8 +60,13 @@ def fixture_secure_kafka() -> Iterator[dict[str, str]]:
         out = _script(env, "env", timeout=30)
         yield dict(line.split("=", 1) for line in shlex.split(out))
     finally:
-        subprocess.run([str(KAFKA_LOCAL), "stop", "--purge"], env=env, capture_output=True,
-                       timeout=90, check=False)
+        subprocess.run(
+            [str(KAFKA_LOCAL), "stop", "--purge"],
+            env=env,
+            capture_output=True,
+            timeout=90,
+            check=False,
+        )
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -83,32 +101,39 @@ def _round_trip(**cfg: Any) -> list[bytes]:
 
 def test_scram_sha_512_over_sasl_ssl(secure_kafka: dict[str, str]) -> None:
     """A SCRAM-SHA-512 user produces and consumes over SASL_SSL, verifying the CA and host."""
-    _round_trip(bootstrap_servers=secure_kafka["KAFKA_SASL_SSL_BOOTSTRAP"],
-                security_protocol="SASL_SSL", ssl_cafile=secure_kafka["KAFKA_CA_FILE"],
-                sasl_mechanism="SCRAM-SHA-512",
-                sasl_plain_username=secure_kafka["KAFKA_SCRAM_USER"],
-                sasl_plain_password=_secret(secure_kafka["KAFKA_SCRAM_PASSWORD_FILE"]))
+    _round_trip(
+        bootstrap_servers=secure_kafka["KAFKA_SASL_SSL_BOOTSTRAP"],
+        security_protocol="SASL_SSL",
+        ssl_cafile=secure_kafka["KAFKA_CA_FILE"],
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_plain_username=secure_kafka["KAFKA_SCRAM_USER"],
+        sasl_plain_password=_secret(secure_kafka["KAFKA_SCRAM_PASSWORD_FILE"]),
+    )
 
 
 def test_mutual_tls(secure_kafka: dict[str, str]) -> None:
     """A client certificate signed by the test CA produces and consumes over SSL (mTLS)."""
-    _round_trip(bootstrap_servers=secure_kafka["KAFKA_SSL_BOOTSTRAP"], security_protocol="SSL",
-                ssl_cafile=secure_kafka["KAFKA_CA_FILE"],
-                ssl_certfile=secure_kafka["KAFKA_CLIENT_CERT"],
-                ssl_keyfile=secure_kafka["KAFKA_CLIENT_KEY_ENCRYPTED"],
-                ssl_password=_secret(secure_kafka["KAFKA_CLIENT_KEY_PASSWORD_FILE"]))
+    _round_trip(
+        bootstrap_servers=secure_kafka["KAFKA_SSL_BOOTSTRAP"],
+        security_protocol="SSL",
+        ssl_cafile=secure_kafka["KAFKA_CA_FILE"],
+        ssl_certfile=secure_kafka["KAFKA_CLIENT_CERT"],
+        ssl_keyfile=secure_kafka["KAFKA_CLIENT_KEY_ENCRYPTED"],
+        ssl_password=_secret(secure_kafka["KAFKA_CLIENT_KEY_PASSWORD_FILE"]),
+    )
 
 
 def test_denied_user_may_not_write(secure_kafka: dict[str, str]) -> None:
     """The ``denied`` user authenticates, but the ACL refuses its writes."""
-    producer = KafkaProducer(bootstrap_servers=secure_kafka["KAFKA_SASL_SSL_BOOTSTRAP"],
-                             security_protocol="SASL_SSL",
-                             ssl_cafile=secure_kafka["KAFKA_CA_FILE"],
-                             sasl_mechanism="SCRAM-SHA-512",
-                             sasl_plain_username=secure_kafka["KAFKA_DENIED_USER"],
-                             sasl_plain_password=_secret(
-                                 secure_kafka["KAFKA_DENIED_PASSWORD_FILE"]),
-                             max_block_ms=30_000)
+    producer = KafkaProducer(
+        bootstrap_servers=secure_kafka["KAFKA_SASL_SSL_BOOTSTRAP"],
+        security_protocol="SASL_SSL",
+        ssl_cafile=secure_kafka["KAFKA_CA_FILE"],
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_plain_username=secure_kafka["KAFKA_DENIED_USER"],
+        sasl_plain_password=_secret(secure_kafka["KAFKA_DENIED_PASSWORD_FILE"]),
+        max_block_ms=30_000,
+    )
     try:
         with pytest.raises(TopicAuthorizationFailedError):
             producer.send(f"t-{uuid.uuid4().hex[:12]}", b"x").get(timeout=30)
