@@ -126,6 +126,35 @@ def main() -> int:
         give_back()
 
 
+def wait_for_stop(
+    shipper: subprocess.Popen[str],
+    final: dict[str, str],
+    got_sigint: threading.Event,
+    duration: float,
+) -> None:
+    """Return on Ctrl-C or once the shipper has run ``duration`` seconds (0: until Ctrl-C).
+
+    The duration counts from when the shipper runs (its start-up can take seconds on a busy
+    machine), and a Ctrl-C during start-up waits for it too: a SIGTERM that came before the
+    shipper installed its handlers would kill it.
+    """
+    deadline: float | None = None
+    started_by = time.monotonic() + 60
+    while shipper.poll() is None:
+        now = time.monotonic()
+        if "metrics" in final:  # its shipper_started line was seen
+            if got_sigint.is_set():
+                return
+            if deadline is None and duration:
+                deadline = now + duration
+            if deadline is not None and now > deadline:
+                return
+        elif now > started_by:
+            print("== the shipper did not start within 60 s", flush=True)
+            return
+        got_sigint.wait(0.2)
+
+
 def run(args: argparse.Namespace, got_sigint: threading.Event) -> int:
     """Start everything, wait for Ctrl-C or the duration, stop in order, print the result."""
     work = ROOT / ".demo"
@@ -205,11 +234,7 @@ shutdown:
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
-    deadline = time.monotonic() + args.duration if args.duration else None
-    while not got_sigint.is_set() and shipper.poll() is None:
-        if deadline and time.monotonic() > deadline:
-            break
-        got_sigint.wait(0.2)
+    wait_for_stop(shipper, final, got_sigint, args.duration)
     stop.set()
     t.join()
     if shipper.poll() is None and "metrics" in final:

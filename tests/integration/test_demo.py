@@ -19,10 +19,19 @@ from tests.support.wait import wait_until
 pytestmark = pytest.mark.kafka
 
 
-def test_demo_ships_every_sample_line(kafka: Broker) -> None:
-    """The demo's writer, shipper and broker agree: records in topic == lines written."""
+@pytest.mark.parametrize("duration", ["4", "0.1"], ids=["4s", "stop-during-start-up"])
+def test_demo_ships_every_sample_line(kafka: Broker, duration: str) -> None:
+    """The demo's writer, shipper and broker agree: records in topic == lines written, also
+    when the stop comes while the shipper is still starting."""
     r = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "demo.py"), "--duration", "4", "--rate", "3000"],
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "demo.py"),
+            "--duration",
+            duration,
+            "--rate",
+            "3000",
+        ],
         env={**os.environ, "KAFKA_BOOTSTRAP": kafka.bootstrap},
         capture_output=True,
         text=True,
