@@ -14,6 +14,7 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from benchkit.broker import Broker, session_broker
+from benchkit.footprint import TAILERS, footprint_failed, format_footprint, run_footprint
 from benchkit.gen import GEN_VERSION, cached_log, line_stats
 from benchkit.latency import run_latency
 from benchkit.options import Options
@@ -25,6 +26,7 @@ from benchkit.report import (
     machine_info,
     now,
     plot,
+    plot_footprint,
     ratios,
     summarize,
     write_json,
@@ -35,7 +37,7 @@ from benchkit.throughput import run_one, run_throughput, runs_as_dicts, warm_cac
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache" / "bench"
 RESULTS = REPO / "bench" / "results"
-SCENARIOS = ("throughput", "latency", "stall")
+SCENARIOS = ("throughput", "latency", "stall", "footprint")
 _FULL: dict[str, Any] = {
     "lines": 5_000_000,
     "reps": 3,
@@ -43,6 +45,8 @@ _FULL: dict[str, Any] = {
     "stall": 30.0,
     "stall_before": 5.0,
     "stall_after": 10.0,
+    "footprint_step": 30.0,
+    "footprint_settle": 3.0,
 }
 _QUICK: dict[str, Any] = {
     "lines": 200_000,
@@ -51,6 +55,8 @@ _QUICK: dict[str, Any] = {
     "stall": 5.0,
     "stall_before": 2.0,
     "stall_after": 3.0,
+    "footprint_step": 5.0,
+    "footprint_settle": 1.0,
 }
 
 
@@ -63,7 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--programs",
         default=",".join(PROGRAMS),
-        help="comma-separated subset of shipper,kcat,rsyslog (throughput)",
+        help="comma-separated subset of shipper,kcat,rsyslog (throughput; footprint runs "
+        "the tailers among them: shipper, rsyslog)",
     )
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per throughput run")
     p.add_argument("--poll", type=float, default=0.2, help="end-offset poll interval, seconds")
@@ -72,9 +79,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stall", type=float, help="seconds the broker is frozen (default 30)")
     p.add_argument("--stall-rate", type=float, default=100_000.0, help="stall writer lines/s")
     p.add_argument(
+        "--footprint-step", type=float, help="footprint: seconds per rate step (default 30)"
+    )
+    p.add_argument(
+        "--footprint-settle",
+        type=float,
+        help="footprint: seconds at each step's start left out of the figures (default 3)",
+    )
+    p.add_argument(
+        "--footprint-rates",
+        default="0,100,1000,10000,50000",
+        help="footprint: comma-separated writer rates in lines/s (an idle step follows)",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run: 200,000 lines, 1 rep, short latency/stall; writes quick.json",
+        help="smoke run: 200,000 lines, 1 rep, short latency/stall, 5 s footprint steps; "
+        "writes quick.json",
     )
     p.add_argument(
         "--profile",
@@ -98,6 +119,10 @@ def _options(ns: argparse.Namespace, tmp: Path) -> Options:
     unknown = set(programs) - set(PROGRAMS)
     if unknown or not programs:
         raise SystemExit(f"bench: unknown program(s) {sorted(unknown)}; choose from {PROGRAMS}")
+    step = ns.footprint_step or base["footprint_step"]
+    settle = _settle(ns.footprint_settle, base["footprint_settle"])
+    if not 0 <= settle < step:
+        raise SystemExit("bench: --footprint-settle must be >= 0 and shorter than the step")
     return Options(
         repo=REPO,
         tmp=tmp,
@@ -114,7 +139,24 @@ def _options(ns: argparse.Namespace, tmp: Path) -> Options:
         stall=ns.stall or base["stall"],
         stall_after=base["stall_after"],
         warmup=not ns.no_warmup,
+        footprint_step=step,
+        footprint_settle=settle,
+        footprint_rates=_rates(ns.footprint_rates),
     )
+
+
+def _settle(given: float | None, default: float) -> float:
+    return default if given is None else given
+
+
+def _rates(text: str) -> tuple[int, ...]:
+    try:
+        rates = tuple(int(r.replace("_", "")) for r in text.split(",") if r.strip())
+    except ValueError:
+        raise SystemExit(f"bench: --footprint-rates: not a list of integers: {text!r}") from None
+    if not rates or any(r < 0 for r in rates):
+        raise SystemExit(f"bench: --footprint-rates: need rates >= 0: {text!r}")
+    return rates
 
 
 def _raise_interrupt(_signum: int, _frame: FrameType | None) -> NoReturn:
@@ -207,6 +249,21 @@ def _stall(broker: Broker, opts: Options) -> dict[str, Any]:
     return d
 
 
+def _footprint(broker: Broker, opts: Options) -> dict[str, Any]:
+    programs = _available(tuple(p for p in opts.programs if p in TAILERS))
+    rates = ", ".join(f"{r:,}" for r in opts.footprint_rates)
+    print(
+        f"bench: footprint: {', '.join(programs)} at {rates} lines/s and idle, "
+        f"{opts.footprint_step:.0f} s per step ({opts.footprint_settle:.0f} s settle), "
+        "on a topic created before the start, on a new topic, then with the broker "
+        "unreachable ...",
+        flush=True,
+    )
+    d = {"date": now(), **run_footprint(broker, opts, programs)}
+    print("\n" + format_footprint(d) + "\n", flush=True)
+    return d
+
+
 def _profile(broker: Broker, opts: Options) -> int:
     file, _ = _bench_file(opts.lines)
     warm_cache(file)
@@ -228,7 +285,12 @@ def _session(broker: Broker, ns: argparse.Namespace, opts: Options) -> int:
     if ns.profile:
         return _profile(broker, opts)
     chosen = SCENARIOS if ns.scenario == "all" else (ns.scenario,)
-    runners = {"throughput": _throughput, "latency": _latency, "stall": _stall}
+    runners = {
+        "throughput": _throughput,
+        "latency": _latency,
+        "stall": _stall,
+        "footprint": _footprint,
+    }
     results = {name: runners[name](broker, opts) for name in chosen}
     out = ns.out or RESULTS / ("quick.json" if ns.quick else "latest.json")
     machine = machine_info(REPO, broker.pid_file is None)
@@ -236,7 +298,11 @@ def _session(broker: Broker, ns: argparse.Namespace, opts: Options) -> int:
     png = out.with_suffix(".png")
     drawn = plot(png, doc)
     print(f"bench: wrote {_rel(out)}" + (f" and {_rel(png)}" if drawn else ""), flush=True)
+    if "footprint" in results:
+        fp_png = plot_footprint(out, doc)
+        print(f"bench: wrote {_rel(fp_png)}" if fp_png else "bench: no footprint chart", flush=True)
     failed = any(r["status"] != "ok" for r in results.get("throughput", {}).get("runs", []))
+    failed = failed or footprint_failed(results.get("footprint", {}))
     return 1 if failed else 0
 
 
@@ -252,8 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     tmp = Path(tempfile.mkdtemp(prefix="shipper-bench-"))
-    opts = _options(ns, tmp)
     try:
+        opts = _options(ns, tmp)  # inside: a usage error must not leave the temp dir behind
         with session_broker(REPO, tmp) as broker:
             return _session(broker, ns, opts)
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ from typing import Any
 
 from shipper import __version__
 from shipper.config import Config
+from shipper.kafka import security
 from shipper.kafka.sender import KafkaSender
 from shipper.ledger import Ledger
 from shipper.log import get_logger
@@ -66,6 +67,7 @@ class Daemon:
         doc: dict[str, Any] = {
             "status": self.state,
             "kafka_connected": self.sender.connected,
+            "kafka_auth_failed": self.sender.auth_failure,
             "registry_writable": not self.tailer.degraded,
         }
         if self.state == "running" and self.tailer.degraded:
@@ -100,7 +102,10 @@ class Daemon:
             bootstrap=cfg.kafka.bootstrap_servers,
             inputs=[i.paths for i in cfg.inputs],
             metrics=self.metrics.address if self.metrics else None,
+            security=security.describe(cfg.kafka.security),
         )
+        for warning in cfg.warnings:  # e.g. TLS host name verification turned off
+            self.log.warning("config_warning", warning=warning)
         interval = cfg.log.stats_interval
         next_stats = time.monotonic() + interval
         while not self._stop.wait(min(1.0, interval)):

@@ -27,3 +27,6 @@ class Options:
     stall: float
     stall_after: float
     warmup: bool = True
+    footprint_step: float = 30.0
+    footprint_settle: float = 3.0
+    footprint_rates: tuple[int, ...] = (0, 100, 1_000, 10_000, 50_000)

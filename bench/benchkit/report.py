@@ -23,6 +23,7 @@ __all__ = [
     "machine_info",
     "now",
     "plot",
+    "plot_footprint",
     "ratios",
     "summarize",
     "write_json",
@@ -230,3 +231,15 @@ def plot(path: Path, doc: dict[str, Any]) -> bool:
 
     draw(path, tp, doc.get("machine", {}), doc.get("scenarios", {}))
     return True
+
+
+def plot_footprint(out: Path, doc: dict[str, Any]) -> Path | None:
+    """CPU % and RSS by rate, and idle CPU, into OUT-footprint.png beside out; None if none."""
+    fp = doc.get("scenarios", {}).get("footprint")
+    if not fp or not fp.get("runs"):
+        return None
+    from benchkit.footchart import draw_footprint  # noqa: PLC0415  # matplotlib is slow
+
+    png = out.with_name(out.stem + "-footprint.png")
+    draw_footprint(png, fp, doc.get("machine", {}))
+    return png

@@ -12,9 +12,10 @@ import contextlib
 import enum
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from shipper.kafka import compat
+from shipper.kafka import compat, security
 from shipper.log import RateLimiter
 
 if TYPE_CHECKING:
@@ -69,15 +70,23 @@ class Client:
         lock: threading.Lock,
         limiter: RateLimiter,
         stop_deadline: list[float],
+        *,
+        count: Callable[[str], None] | None = None,
     ) -> None:
         self._cfg = cfg
+        self._count = count  # bumps an event counter (the ledger's)
         self._topic = cfg.topic
         self._log = log
         self._lock = lock
         self._limiter = limiter
         self._stop_deadline = stop_deadline  # [monotonic deadline], inf until stop()
         self._max_in_flight = cfg.max_in_flight_bytes
-        self._net, self._manager = compat.new_client(cfg)
+        self._net, self._manager = compat.new_client(cfg, on_connect=self._io_on_connect)
+        # broker -> reason of its last failed connection, while a security failure stands
+        self._auth_failures: dict[str, str] = {}  # IO thread only
+        #: The reason of the latest security failure (``security.AUTH_REASONS``) of a broker
+        #: that has not connected since, or None (set by the IO thread, read by any).
+        self.auth_failure: str | None = None
         self._cluster: Any = self._manager.cluster
         self._routes: tuple[tuple[int, int], ...] = ()  # (partition, leader node id)
         self._nparts = 0  # partitions of the topic, with or without a leader
@@ -140,6 +149,29 @@ class Client:
         self._cluster.add_topic(self._topic)  # request_update -> refresh loop -> bootstrap
         self._net.call_soon(self._io_housekeeping)
 
+    def _io_on_connect(self, broker: str, exc: BaseException | None) -> None:
+        """Every connection attempt ends here: a security failure is one rate-limited
+        ``kafka_auth_failed`` line per reason saying which, counted, and kept for /health."""
+        failures = self._auth_failures
+        failures.pop(broker, None)
+        why = None if exc is None else security.reason(exc)
+        if why in security.AUTH_REASONS:
+            failures[broker] = why  # the latest last
+        self.auth_failure = next(reversed(failures.values()), None)
+        if exc is None or why not in security.AUTH_REASONS:
+            return  # connected, or the broker is just not there (kafka_unavailable says so)
+        if self._count is not None:
+            self._count("kafka_auth_failed")
+        self._limiter.warn(
+            self._log,
+            "kafka_auth_failed",
+            key=f"kafka_auth_failed:{why}",
+            reason=why,
+            broker=broker,
+            detail=str(exc)[:300],
+            **security.describe(self._cfg.security),
+        )
+
     def _io_on_metadata(self, cluster: Any) -> None:
         parts = cluster.partitions_for_topic(self._topic) or ()
         routes = []
@@ -185,7 +217,9 @@ class Client:
         if not ready:
             down = time.monotonic() - self._down_since
             if down > 1.0:
-                if not self._manager.bootstrapped:
+                if self.auth_failure is not None:
+                    reason = self.auth_failure  # kafka_auth_failed said which, and how
+                elif not self._manager.bootstrapped:
                     reason = "bootstrap servers unreachable"
                 elif not self._routes:
                     reason = "no leader for the topic"

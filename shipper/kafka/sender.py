@@ -80,6 +80,12 @@ class KafkaSender:
         client = self._client
         return client is not None and client.connected and client.alive
 
+    @property
+    def auth_failure(self) -> str | None:
+        """Why the brokers refuse us (``kafka_auth_failed``'s reason), or None."""
+        client = self._client
+        return client.auth_failure if client is not None else None
+
     def buffered_bytes(self) -> int:
         """Bytes handed to Kafka connections and still in user space (bounded per connection
         by ``max_in_flight_bytes``)."""
@@ -203,7 +209,14 @@ class KafkaSender:
             self._finish_outstanding()
             client.close(time.monotonic())
             self._client = None
-        client = Client(self._cfg, self._log, self._lock, self._limiter, self._stop_deadline)
+        client = Client(
+            self._cfg,
+            self._log,
+            self._lock,
+            self._limiter,
+            self._stop_deadline,
+            count=self._ledger.event,
+        )
         self._client = client
         client.start()
         return client

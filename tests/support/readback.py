@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import time
 import warnings
+from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
@@ -13,8 +14,9 @@ from tests.support.wait import wait_until
 __all__ = ["collect_stray_sockets", "end_offsets", "read_topic"]
 
 
-def _consumer(bootstrap: str) -> KafkaConsumer:
+def _consumer(bootstrap: str, options: dict[str, Any] | None = None) -> KafkaConsumer:
     return KafkaConsumer(
+        **(options or {}),
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
         group_id=None,
@@ -64,14 +66,20 @@ def end_offsets(bootstrap: str, topic: str, timeout: float = 10.0) -> dict[int, 
 
 
 def read_topic(
-    bootstrap: str, topic: str, timeout: float = 30.0, expect: int | None = None
+    bootstrap: str,
+    topic: str,
+    timeout: float = 30.0,
+    expect: int | None = None,
+    *,
+    options: dict[str, Any] | None = None,
 ) -> dict[int, list[bytes]]:
     """Return every record value of ``topic`` by partition, in offset order.
 
     Reads up to the end offsets seen at the start (or until ``expect`` records, if given,
-    have arrived, waiting up to ``timeout``).
+    have arrived, waiting up to ``timeout``). ``options`` are more KafkaConsumer settings
+    (a secured broker's ``security_protocol``, ``ssl_context``, ``sasl_*``).
     """
-    c = _consumer(bootstrap)
+    c = _consumer(bootstrap, options)
     try:
         tps = _partitions(c, topic, timeout)
         out: dict[int, list[bytes]] = {tp.partition: [] for tp in tps}
