@@ -14,6 +14,7 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from benchkit.broker import Broker, session_broker
+from benchkit.footprint import TAILERS, footprint_failed, format_footprint, run_footprint
 from benchkit.gen import GEN_VERSION, cached_log, line_stats
 from benchkit.latency import run_latency
 from benchkit.options import Options
@@ -25,6 +26,7 @@ from benchkit.report import (
     machine_info,
     now,
     plot,
+    plot_footprint,
     ratios,
     summarize,
     write_json,
@@ -36,7 +38,7 @@ from benchkit.throughput import run_one, run_throughput, runs_as_dicts, warm_cac
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache" / "bench"
 RESULTS = REPO / "bench" / "results"
-SCENARIOS = ("throughput", "latency", "stall", "scale")
+SCENARIOS = ("throughput", "latency", "stall", "footprint", "scale")
 _FULL: dict[str, Any] = {
     "lines": 5_000_000,
     "reps": 3,
@@ -47,6 +49,8 @@ _FULL: dict[str, Any] = {
     "scale_files": 10_000,
     "scale_dirs": 2_000,
     "scale_idle": 60.0,
+    "footprint_step": 30.0,
+    "footprint_settle": 3.0,
 }
 _QUICK: dict[str, Any] = {
     "lines": 200_000,
@@ -58,6 +62,8 @@ _QUICK: dict[str, Any] = {
     "scale_files": 1_000,
     "scale_dirs": 200,
     "scale_idle": 10.0,
+    "footprint_step": 5.0,
+    "footprint_settle": 1.0,
 }
 
 
@@ -70,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--programs",
         default=",".join(PROGRAMS),
-        help="comma-separated subset of shipper,kcat,rsyslog (throughput)",
+        help="comma-separated subset of shipper,kcat,rsyslog (throughput; footprint runs "
+        "the tailers among them: shipper, rsyslog)",
     )
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per throughput run")
     p.add_argument("--poll", type=float, default=0.2, help="end-offset poll interval, seconds")
@@ -82,9 +89,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--scale-dirs", type=int, help="scale: nested directories, a file each (2,000)")
     p.add_argument("--scale-idle", type=float, help="scale: seconds of idle CPU measured (60)")
     p.add_argument(
+        "--footprint-step", type=float, help="footprint: seconds per rate step (default 30)"
+    )
+    p.add_argument(
+        "--footprint-settle",
+        type=float,
+        help="footprint: seconds at each step's start left out of the figures (default 3)",
+    )
+    p.add_argument(
+        "--footprint-rates",
+        default="0,100,1000,10000,50000",
+        help="footprint: comma-separated writer rates in lines/s (an idle step follows)",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run: 200,000 lines, 1 rep, short latency/stall; writes quick.json",
+        help="smoke run: 200,000 lines, 1 rep, short latency/stall, 5 s footprint steps; "
+        "writes quick.json",
     )
     p.add_argument(
         "--profile",
@@ -97,6 +118,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the unmeasured kcat pass that warms the broker before rep 1",
     )
+    p.add_argument(
+        "--format",
+        choices=["raw", "json"],
+        default="raw",
+        help="the shipper's record format (kafka.format) in the throughput and profile runs",
+    )
     p.add_argument("--out", type=Path, help="results JSON (default bench/results/latest.json)")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
     return p
@@ -108,6 +135,10 @@ def _options(ns: argparse.Namespace, tmp: Path) -> Options:
     unknown = set(programs) - set(PROGRAMS)
     if unknown or not programs:
         raise SystemExit(f"bench: unknown program(s) {sorted(unknown)}; choose from {PROGRAMS}")
+    step = ns.footprint_step or base["footprint_step"]
+    settle = _settle(ns.footprint_settle, base["footprint_settle"])
+    if not 0 <= settle < step:
+        raise SystemExit("bench: --footprint-settle must be >= 0 and shorter than the step")
     return Options(
         repo=REPO,
         tmp=tmp,
@@ -127,7 +158,25 @@ def _options(ns: argparse.Namespace, tmp: Path) -> Options:
         scale_files=ns.scale_files or base["scale_files"],
         scale_dirs=ns.scale_dirs or base["scale_dirs"],
         scale_idle=ns.scale_idle or base["scale_idle"],
+        footprint_step=step,
+        footprint_settle=settle,
+        footprint_rates=_rates(ns.footprint_rates),
+        record_format=ns.format,
     )
+
+
+def _settle(given: float | None, default: float) -> float:
+    return default if given is None else given
+
+
+def _rates(text: str) -> tuple[int, ...]:
+    try:
+        rates = tuple(int(r.replace("_", "")) for r in text.split(",") if r.strip())
+    except ValueError:
+        raise SystemExit(f"bench: --footprint-rates: not a list of integers: {text!r}") from None
+    if not rates or any(r < 0 for r in rates):
+        raise SystemExit(f"bench: --footprint-rates: need rates >= 0: {text!r}")
+    return rates
 
 
 def _raise_interrupt(_signum: int, _frame: FrameType | None) -> NoReturn:
@@ -183,6 +232,7 @@ def _throughput(broker: Broker, opts: Options) -> dict[str, Any]:
         "lines": opts.lines,
         "reps": opts.reps,
         "partitions": opts.partitions,
+        "format": opts.record_format,
         "poll_s": opts.poll,
         "timeout_s": opts.timeout,
         "warmup": opts.warmup,
@@ -220,6 +270,21 @@ def _stall(broker: Broker, opts: Options) -> dict[str, Any]:
     return d
 
 
+def _footprint(broker: Broker, opts: Options) -> dict[str, Any]:
+    programs = _available(tuple(p for p in opts.programs if p in TAILERS))
+    rates = ", ".join(f"{r:,}" for r in opts.footprint_rates)
+    print(
+        f"bench: footprint: {', '.join(programs)} at {rates} lines/s and idle, "
+        f"{opts.footprint_step:.0f} s per step ({opts.footprint_settle:.0f} s settle), "
+        "on a topic created before the start, on a new topic, then with the broker "
+        "unreachable ...",
+        flush=True,
+    )
+    d = {"date": now(), **run_footprint(broker, opts, programs)}
+    print("\n" + format_footprint(d) + "\n", flush=True)
+    return d
+
+
 def _profile(broker: Broker, opts: Options) -> int:
     file, _ = _bench_file(opts.lines)
     warm_cache(file)
@@ -227,7 +292,15 @@ def _profile(broker: Broker, opts: Options) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     topic = "bench-profile"
     broker.create_topic(topic, opts.partitions)
-    spec = RunSpec(file, opts.lines, topic, opts.partitions, broker.bootstrap, opts.tmp / "profile")
+    spec = RunSpec(
+        file,
+        opts.lines,
+        topic,
+        opts.partitions,
+        broker.bootstrap,
+        opts.tmp / "profile",
+        opts.record_format,
+    )
     r = run_one("shipper", spec, broker, opts, profile_out=out)
     print(
         f"bench: profiled run: {r.status}, {r.wall_s} s (slower than unprofiled); "
@@ -251,7 +324,13 @@ def _session(broker: Broker, ns: argparse.Namespace, opts: Options) -> int:
     if ns.profile:
         return _profile(broker, opts)
     chosen = SCENARIOS if ns.scenario == "all" else (ns.scenario,)
-    runners = {"throughput": _throughput, "latency": _latency, "stall": _stall, "scale": _scale}
+    runners = {
+        "throughput": _throughput,
+        "latency": _latency,
+        "stall": _stall,
+        "footprint": _footprint,
+        "scale": _scale,
+    }
     results = {name: runners[name](broker, opts) for name in chosen}
     out = ns.out or RESULTS / ("quick.json" if ns.quick else "latest.json")
     machine = machine_info(REPO, broker.pid_file is None)
@@ -259,7 +338,11 @@ def _session(broker: Broker, ns: argparse.Namespace, opts: Options) -> int:
     png = out.with_suffix(".png")
     drawn = plot(png, doc)
     print(f"bench: wrote {_rel(out)}" + (f" and {_rel(png)}" if drawn else ""), flush=True)
+    if "footprint" in results:
+        fp_png = plot_footprint(out, doc)
+        print(f"bench: wrote {_rel(fp_png)}" if fp_png else "bench: no footprint chart", flush=True)
     failed = any(r["status"] != "ok" for r in results.get("throughput", {}).get("runs", []))
+    failed = failed or footprint_failed(results.get("footprint", {}))
     return 1 if failed else 0
 
 
@@ -275,8 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     tmp = Path(tempfile.mkdtemp(prefix="shipper-bench-"))
-    opts = _options(ns, tmp)
     try:
+        opts = _options(ns, tmp)  # inside: a usage error must not leave the temp dir behind
         with session_broker(REPO, tmp) as broker:
             return _session(broker, ns, opts)
     except KeyboardInterrupt:

@@ -1,7 +1,8 @@
 """Argument parsing and exit codes; nothing else.
 
 Exit codes: 0 success, 1 runtime failure (or unhealthy, for `health`), 2 invalid
-configuration or usage.
+configuration or usage, 3 valid configuration but the Kafka check of `validate --connect`
+failed.
 """
 
 from __future__ import annotations
@@ -16,11 +17,15 @@ from shipper.errors import ConfigError, RegistryLockedError
 if TYPE_CHECKING:
     from shipper.config import Config
 
+if TYPE_CHECKING:
+    from shipper.config import Config
+
 __all__ = ["main"]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
+EXIT_CLUSTER = 3
 DEFAULT_CONFIG = "/etc/shipper/shipper.yaml"
 
 
@@ -28,13 +33,27 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="shipper",
         description="Tail log files into Apache Kafka, at-most-once, with every loss counted.",
+        epilog="exit codes: 0 ok, 1 runtime failure (health: unhealthy), 2 invalid config, "
+        "3 config valid but validate --connect found a problem with Kafka",
     )
     p.add_argument("--version", action="version", version=f"shipper {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="run the daemon in the foreground")
     run.add_argument("-c", "--config", required=True, metavar="FILE", help="YAML config file")
-    val = sub.add_parser("validate", help="check a config file and exit (0 valid, 2 invalid)")
+    val = sub.add_parser(
+        "validate",
+        help="check a config file and exit (0 valid, 2 invalid, 3 Kafka check failed)",
+        description="Check a config file: exit 0 when valid, 2 when not. With --connect, "
+        "also connect to every bootstrap broker and every leader of the topic with the "
+        "configured security, and check that the topic exists and that we may write to it "
+        "(no record is written): exit 3 when the config is valid but that check fails.",
+    )
     val.add_argument("-c", "--config", required=True, metavar="FILE", help="YAML config file")
+    val.add_argument(
+        "--connect",
+        action="store_true",
+        help="also check the brokers, the topic and our right to write (exit 3 if not ok)",
+    )
     health = sub.add_parser(
         "health",
         help="ask a running shipper's /health (exit 0 when healthy, 1 otherwise)",
@@ -84,6 +103,18 @@ def _say(text: str) -> None:
         pass
 
 
+def _validate(path: str, cfg: Config, *, connect: bool) -> int:
+    for warning in cfg.warnings:
+        _say(f"config warning: {warning}")
+    sys.stdout.write(f"{path}: ok\n")
+    if not connect:
+        return EXIT_OK
+    from shipper.kafka.probe import probe  # noqa: PLC0415  # loads kafka-python
+
+    sys.stdout.flush()
+    return EXIT_OK if probe(cfg.kafka, sys.stdout) else EXIT_CLUSTER
+
+
 def _report(err: ConfigError) -> int:
     for problem in err.problems:
         _say(f"config error: {problem}")
@@ -104,11 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write("shipper health: metrics.enabled is false: no /health to ask\n")
             return EXIT_FAILURE
         return _health(cfg.metrics.listen, args.timeout)
-    for warning in cfg.warnings:
-        _say(f"config warning: {warning}")
     if args.command == "validate":
-        sys.stdout.write(f"{args.config}: ok\n")
-        return EXIT_OK
+        return _validate(args.config, cfg, connect=args.connect)
     return _run(cfg, args.config)
 
 

@@ -588,6 +588,9 @@ class Route:
     topic: str
     format: str
     fields: dict[str, str]
+    #: What the sender does with a line too long for the topic's batch limit (``truncate`` or
+    #: ``drop``, as the tailer does at ``max_line_bytes``).
+    long_lines: str = "truncate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -711,6 +714,12 @@ def _config_rules(c: Config) -> list[tuple[str, str]]:
     for i, inp in enumerate(c.inputs):
         if inp.format == "json" and c.kafka.headers:
             out.append((f"inputs[{i}].format", "json does not go with kafka.headers"))
+    name = c.kafka.key.removeprefix("field:")
+    if name != c.kafka.key and name not in c.kafka.fields:
+        # A record key must come from somewhere for every input, or its lines go unkeyed.
+        unset = [f"inputs[{i}]" for i, inp in enumerate(c.inputs) if name not in inp.fields]
+        if unset:
+            out.append(("kafka.key", f"field {name!r} is not set for {', '.join(unset)}"))
     return out
 
 
@@ -832,6 +841,7 @@ def _derive(cfg: Config, raw: Mapping[str, Any], env: Mapping[str, str], errors:
             topic=i.topic or kafka.topic,
             format=i.format or kafka.format,
             fields={**kafka.fields, **i.fields},
+            long_lines=i.long_lines,
         )
         for i in inputs
     )
@@ -877,14 +887,39 @@ def _secrets(
                 "kafka.security.sasl.password: written in the config file; prefer "
                 "password_file (systemd LoadCredential=) or ${ENV}"
             )
+        if sec.protocol == "sasl_plaintext" and sasl.mechanism == "PLAIN":
+            warnings.append(
+                "kafka.security.protocol: sasl_plaintext with PLAIN sends the password "
+                "unencrypted; prefer sasl_ssl or a SCRAM mechanism"
+            )
     tls = sec.tls
     if tls.key_password_file is not None:
         pw = _read_secret(tls.key_password_file, "kafka.security.tls.key_password_file", errors)
         tls = replace(tls, key_password=pw)
+    elif tls.key_password is not None and not isinstance(
+        (raw_sec.get("tls") or {}).get("key_password"), _Interpolated
+    ):
+        warnings.append(
+            "kafka.security.tls.key_password: written in the config file; prefer "
+            "key_password_file or ${ENV}"
+        )
+    unreadable = False
     for name in ("ca_file", "cert_file", "key_file"):
         path = getattr(tls, name)
         if path is not None and not os.access(path, os.R_OK):
             errors.append(f"kafka.security.tls.{name}: cannot read {path}")
+            unreadable = True
+    if sec.uses_tls and not unreadable and not errors:
+        # Load the files as the connection will: a wrong key password or a file that holds
+        # no certificate is a config error now, not a connection failure later.
+        from shipper.kafka.security import tls_problems  # noqa: PLC0415  # only with TLS
+
+        errors.extend(f"kafka.security.tls.{k}: {msg}" for k, msg in tls_problems(tls))
+    if sec.uses_tls and not tls.verify_hostname:
+        warnings.append(
+            "kafka.security.tls.verify_hostname: false: any certificate the CA signed is "
+            "accepted for any broker"
+        )
     return replace(sec, sasl=sasl, tls=tls)
 
 

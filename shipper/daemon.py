@@ -34,6 +34,7 @@ from typing import Any
 from shipper import __version__
 from shipper.config import Config, load
 from shipper.errors import ConfigError
+from shipper.kafka import security
 from shipper.kafka.sender import KafkaSender
 from shipper.ledger import Ledger
 from shipper.log import RateLimiter, configure, get_logger
@@ -99,7 +100,7 @@ class Daemon:
             count=self.ledger.event,
         )
         self.queue = DropQueue(cfg.queue, self.ledger)
-        self.sender = KafkaSender(cfg.kafka, self.queue, self.ledger, self.log)
+        self.sender = KafkaSender(cfg.kafka, self.queue, self.ledger, self.log, cfg.routes)
         self.tailer = self._new_tailer(cfg, None)
         self.metrics: MetricsServer | None = None
         self.state = "starting"
@@ -197,11 +198,17 @@ class Daemon:
 
     def health(self) -> tuple[int, dict[str, Any]]:
         """HTTP status and body for /health."""
+        kafka = self.sender.health()
         doc: dict[str, Any] = {
             "status": self.state,
+            "kafka": kafka["state"],
             "kafka_connected": self.sender.connected,
+            "kafka_brokers": kafka["brokers"],
+            "kafka_auth_failed": self.sender.auth_failure,
             "registry_writable": not self.tailer.degraded,
         }
+        if "error" in kafka:
+            doc["kafka_error"] = kafka["error"]
         if self.state == "running":
             dead = self.dead_threads()
             problems = self.tailer.problems()
@@ -258,7 +265,12 @@ class Daemon:
             self.sender.abandon()
             if dropped:
                 self.log.warning("lines_dropped", reason="sender_error", count=dropped)
-            self.sender = KafkaSender(self.cfg.kafka, self.queue, self.ledger, self.log)
+            unconfirmed = self.ledger.unconfirm_in_flight("sender_error")
+            if unconfirmed:
+                self.log.warning("lines_unconfirmed", reason="sender_error", count=unconfirmed)
+            self.sender = KafkaSender(
+                self.cfg.kafka, self.queue, self.ledger, self.log, self.cfg.routes
+            )
             with self._masked():
                 self.sender.start()
         elif stage == "metrics" and self.metrics is not None:
@@ -307,12 +319,15 @@ class Daemon:
                 "shipper_started",
                 version=__version__,
                 pid=os.getpid(),
-                topic=self.cfg.kafka.topic,
+                topics=sorted({r.topic for r in self.cfg.routes} or {self.cfg.kafka.topic}),
                 bootstrap=self.cfg.kafka.bootstrap_servers,
                 inputs=[i.paths for i in self.cfg.inputs],
                 metrics=self.metrics.address if self.metrics else None,
                 registry=str(self.registry.path),
+                security=security.describe(self.cfg.kafka.security),
             )
+            for warning in self.cfg.warnings:  # e.g. TLS host name verification turned off
+                self.log.warning("config_warning", warning=warning)
             return self._loop()
         finally:
             self._uninstall_signals()
@@ -420,7 +435,7 @@ class Daemon:
         reg.forget_after = new.registry.forget_after
         reg.max_entries = new.registry.max_entries
         self.queue = DropQueue(new.queue, self.ledger)
-        self.sender = KafkaSender(new.kafka, self.queue, self.ledger, self.log)
+        self.sender = KafkaSender(new.kafka, self.queue, self.ledger, self.log, new.routes)
         self.tailer = self._new_tailer(new, fresh)
         with self._masked():
             if listen_changed:
@@ -439,11 +454,14 @@ class Daemon:
             "reload_complete",
             seconds=round(time.monotonic() - started, 3),
             dropped=dropped,
-            topic=new.kafka.topic,
+            topics=sorted({r.topic for r in new.routes} or {new.kafka.topic}),
             inputs=[i.paths for i in new.inputs],
             added_inputs=sorted(fresh),
             metrics=self.metrics.address if self.metrics else None,
+            security=security.describe(new.kafka.security),
         )
+        for warning in new.warnings:
+            self.log.warning("config_warning", warning=warning)
 
     def _reload_failed(self, problems: list[str]) -> None:
         self.ledger.event("reload_failed")
@@ -464,6 +482,9 @@ class Daemon:
         left = self.queue.drop_all("reload") + self.ledger.drop_queued("reload")
         if left:
             self.log.warning("lines_dropped", reason="reload", count=left)
+        unconfirmed = self.ledger.unconfirm_in_flight("reload")
+        if unconfirmed:
+            self.log.warning("lines_unconfirmed", reason="reload", count=unconfirmed)
         return left
 
     def _drain_until(self, deadline: float, done: Callable[[], bool]) -> None:
@@ -499,13 +520,21 @@ class Daemon:
             )
         tailer.stop()
         self.sender.stop(max(deadline, time.monotonic()))
-        # Whatever is still queued, or held by a sender that gave up, is dropped now.
-        left = self.queue.drop_all("shutdown") + self.ledger.drop_queued("shutdown")
-        if left:
-            self.log.warning("lines_dropped", reason="shutdown", count=left)
+        # Whatever is still queued, or held by a sender that gave up, is dropped now; what is
+        # still in flight (written, no fence answered) is unconfirmed. The warnings give the
+        # ledger's own totals for the reason, so they and shutdown_complete always agree.
+        self.queue.drop_all("shutdown")
+        self.ledger.drop_queued("shutdown")
+        self.ledger.unconfirm_in_flight("shutdown")
+        snap = self.ledger.snapshot()
+        dropped = snap.dropped_lines.get("shutdown", 0)
+        unconfirmed = snap.unconfirmed_lines.get("shutdown", 0)
+        if dropped:
+            self.log.warning("lines_dropped", reason="shutdown", count=dropped)
+        if unconfirmed:
+            self.log.warning("lines_unconfirmed", reason="shutdown", count=unconfirmed)
         if self.metrics is not None:
             self.metrics.stop()
-        snap = self.ledger.snapshot()
         self.log.info(
             "shutdown_complete",
             seconds=round(time.monotonic() - started, 3),

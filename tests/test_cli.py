@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -95,3 +96,34 @@ def test_python_m_shipper_matches_console_script() -> None:
     r = run("--help")
     assert r.returncode == 0
     assert "validate" in r.stdout
+
+
+def test_exit_code_3_is_in_the_help() -> None:
+    """The help of shipper and of validate say what exit 3 means."""
+    assert "3 config valid but validate --connect" in " ".join(run("--help").stdout.split())
+    text = " ".join(run("validate", "--help").stdout.split())
+    assert "--connect" in text
+    assert "exit 3 when the config is valid but that check fails" in text
+
+
+def test_validate_connect_exits_3_when_kafka_is_not_there(tmp_path: Path) -> None:
+    """A valid config whose broker cannot be reached: exit 3, and the line says why."""
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    f = tmp_path / "ok.yaml"
+    f.write_text(GOOD.replace("127.0.0.1:9092", f"127.0.0.1:{port}"))
+    r = run("validate", "-c", str(f), "--connect")
+    assert r.returncode == 3, (r.stdout, r.stderr)
+    assert f"127.0.0.1:{port} (bootstrap): FAILED connection_refused" in r.stdout
+    assert r.stdout.splitlines()[0] == f"{f}: ok"
+    assert r.stdout.splitlines()[-1] == "kafka: FAILED: no bootstrap server could be used"
+    assert "Traceback" not in r.stderr
+
+
+def test_validate_connect_does_not_connect_when_the_config_is_invalid(tmp_path: Path) -> None:
+    """An invalid config exits 2 before any connection is tried."""
+    f = tmp_path / "bad.yaml"
+    f.write_text(GOOD + "colour: blue\n")
+    r = run("validate", "-c", str(f), "--connect")
+    assert r.returncode == 2
+    assert "kafka:" not in r.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,8 +12,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shipper.config import parse, parse_duration, parse_size
+from shipper.config import load, parse, parse_duration, parse_size
 from shipper.errors import ConfigError
+from tests.support.pki import Pki, make_pki
 
 MINIMAL = """
 inputs:
@@ -113,6 +115,19 @@ def test_line_limit_follows_the_batch_size() -> None:
     """max_line_bytes is capped so that a line always fits in one batch."""
     cfg = parse(MINIMAL + "  batch_max_bytes: 64KiB\n")
     assert cfg.inputs[0].max_line_bytes == 64 * 1024 - 128
+
+
+def test_key_field_must_be_set_for_every_input() -> None:
+    """key field:NAME needs NAME among the static fields of every input (global or its own)."""
+    two = MINIMAL.replace(
+        '  - paths: ["/var/log/app/*.log"]\n',
+        '  - paths: ["/var/log/app/*.log"]\n    fields: {team: a}\n  - paths: ["/b/*.log"]\n',
+    )
+    with pytest.raises(ConfigError) as info:
+        parse(two + "  key: field:team\n")
+    assert info.value.problems == ["kafka.key: field 'team' is not set for inputs[1]"]
+    cfg = parse(two + "  key: field:team\n  fields: {team: z}\n")
+    assert [r.fields["team"] for r in cfg.routes] == ["a", "z"]
 
 
 # -- hostile input: never a traceback, always 0 or 2, always fast --------------------------
@@ -264,3 +279,127 @@ def test_test_faults_name_known_threads() -> None:
     with pytest.raises(ConfigError) as info:
         parse(MINIMAL, env={"SHIPPER_TEST_FAULTS": "shipper-tailr"})
     assert info.value.problems[0].startswith("SHIPPER_TEST_FAULTS: unknown thread")
+
+
+# -- kafka.security -------------------------------------------------------------------------
+SECRET = "Very-S3cret-passw0rd"
+
+
+@pytest.fixture(name="pki", scope="module")
+def fixture_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A test CA with a client certificate and its password-protected key."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def _secured(security: dict[str, Any]) -> str:
+    doc = _valid()
+    doc["kafka"]["security"] = security
+    return yaml.safe_dump(doc)
+
+
+def test_password_file_is_read_at_every_load(tmp_path: Path) -> None:
+    """The SASL password comes from password_file when the config is loaded, so loading
+    again (a reload) picks up a rotated secret; it never shows in the config's repr."""
+    pw = tmp_path / "kafka-password"
+    pw.write_text(SECRET + "\n")
+    conf = tmp_path / "shipper.yaml"
+    conf.write_text(
+        _secured(
+            {
+                "protocol": "sasl_plaintext",
+                "sasl": {"username": "shipper", "password_file": str(pw)},
+            }
+        )
+    )
+    sasl = load(conf).kafka.security.sasl
+    assert sasl is not None
+    assert sasl.password is not None
+    assert sasl.password.reveal() == SECRET
+    pw.write_text("rotated-secret")
+    rotated = load(conf)
+    assert rotated.kafka.security.sasl is not None
+    assert rotated.kafka.security.sasl.password is not None
+    assert rotated.kafka.security.sasl.password.reveal() == "rotated-secret"
+    assert SECRET not in repr(rotated)
+    assert not rotated.warnings
+
+
+def test_password_from_env_is_not_a_warning_but_a_literal_is() -> None:
+    """${ENV} passwords are quiet; a password written in the file is valid with a warning
+    that never repeats it."""
+    from_env = _secured(
+        {
+            "protocol": "sasl_ssl",
+            "sasl": {"username": "shipper", "password": "${KAFKA_PASSWORD}"},
+        }
+    )
+    assert parse(from_env, env={"KAFKA_PASSWORD": SECRET}).warnings == ()
+    literal = parse(from_env.replace("${KAFKA_PASSWORD}", SECRET), env={})
+    assert [w.split(":")[0] for w in literal.warnings] == ["kafka.security.sasl.password"]
+    assert SECRET not in " ".join(literal.warnings)
+
+
+@pytest.mark.parametrize("value", [12345, ["a"], ""])
+def test_a_bad_password_value_is_not_echoed(value: object) -> None:
+    """A password of the wrong type is an error that does not print the value."""
+    with pytest.raises(ConfigError) as info:
+        parse(_secured({"protocol": "sasl_ssl", "sasl": {"username": "u", "password": value}}))
+    assert info.value.problems == ["kafka.security.sasl.password: expected a non-empty string"]
+
+
+def test_plain_over_sasl_plaintext_warns() -> None:
+    """PLAIN without TLS sends the password in the clear: valid, with a warning."""
+    cfg = parse(
+        _secured(
+            {
+                "protocol": "sasl_plaintext",
+                "sasl": {"mechanism": "PLAIN", "username": "u", "password": "${P}"},
+            }
+        ),
+        env={"P": SECRET},
+    )
+    assert [w.split(":")[0] for w in cfg.warnings] == ["kafka.security.protocol"]
+
+
+def test_turning_host_name_verification_off_warns(pki: Pki) -> None:
+    """verify_hostname: false is accepted, and said."""
+    cfg = parse(
+        _secured({"protocol": "ssl", "tls": {"ca_file": str(pki.ca), "verify_hostname": False}})
+    )
+    assert not cfg.kafka.security.tls.verify_hostname
+    assert [w.split(":")[0] for w in cfg.warnings] == ["kafka.security.tls.verify_hostname"]
+
+
+def test_client_key_password_file_opens_the_key(pki: Pki, tmp_path: Path) -> None:
+    """key_password_file decrypts the client key at load; a wrong one is a config error
+    naming the key, and a literal key_password is a warning."""
+    good = tmp_path / "key-password"
+    good.write_text(pki.client_key_password)
+    tls = {
+        "ca_file": str(pki.ca),
+        "cert_file": str(pki.client_cert),
+        "key_file": str(pki.client_key_encrypted),
+        "key_password_file": str(good),
+    }
+    assert parse(_secured({"protocol": "ssl", "tls": tls})).warnings == ()
+    good.write_text("wrong")
+    with pytest.raises(ConfigError) as info:
+        parse(_secured({"protocol": "ssl", "tls": tls}))
+    assert info.value.problems == [
+        f"kafka.security.tls.key_password_file: the password does not decrypt "
+        f"{pki.client_key_encrypted}"
+    ]
+    del tls["key_password_file"]
+    literal = parse(
+        _secured({"protocol": "ssl", "tls": {**tls, "key_password": pki.client_key_password}})
+    )
+    assert [w.split(":")[0] for w in literal.warnings] == ["kafka.security.tls.key_password"]
+    assert pki.client_key_password not in repr(literal)
+
+
+def test_a_ca_file_without_a_certificate_is_a_config_error(pki: Pki) -> None:
+    """A CA file that holds no certificate is found at load, not at the first connection."""
+    with pytest.raises(ConfigError) as info:
+        parse(_secured({"protocol": "ssl", "tls": {"ca_file": str(pki.client_key)}}))
+    (problem,) = info.value.problems
+    assert problem.startswith("kafka.security.tls.ca_file: no usable CA certificate")

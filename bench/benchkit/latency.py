@@ -15,7 +15,7 @@ from benchkit.procs import proc_usage
 from benchkit.programs import RunSpec
 from benchkit.shipmetrics import scrape
 
-__all__ = ["percentile", "run_latency"]
+__all__ = ["percentile", "run_latency", "stamp_ns"]
 
 _LOG_APPEND_TIME = 1
 
@@ -39,7 +39,8 @@ def wait_total(broker: Broker, topic: str, partitions: int, want: int, *, timeou
     return total
 
 
-def _stamp_ns(value: bytes) -> int | None:
+def stamp_ns(value: bytes) -> int | None:
+    """The writer's ts=<ns> stamp at the start of a line (None if it has none)."""
     if not value.startswith(b"ts="):
         return None
     try:
@@ -71,7 +72,7 @@ def read_latencies(
             for records in c.poll(timeout_ms=500, max_records=100_000).values():
                 for r in records:
                     seen += 1
-                    ns = _stamp_ns(r.value)
+                    ns = stamp_ns(r.value)
                     if ns is None or r.timestamp_type != _LOG_APPEND_TIME:
                         bad += 1
                         continue

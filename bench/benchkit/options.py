@@ -30,3 +30,7 @@ class Options:
     scale_files: int = 10_000
     scale_dirs: int = 2_000
     scale_idle: float = 60.0
+    footprint_step: float = 30.0
+    footprint_settle: float = 3.0
+    footprint_rates: tuple[int, ...] = (0, 100, 1_000, 10_000, 50_000)
+    record_format: str = "raw"  # the shipper's kafka.format

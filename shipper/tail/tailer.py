@@ -256,6 +256,7 @@ class Tailer:
                 if now >= next_rescan:
                     self._rescan(all_inputs=True)
                     self.rescans += 1
+                    self._ledger.event("tail_rescans")
                     next_rescan = now + cfg.rescan_interval
                 changes = self._changes.drain()
                 poll = now >= next_poll
@@ -279,6 +280,7 @@ class Tailer:
                         next_forget = now + cfg.rescan_interval
                 if full:
                     self.polls += 1
+                    self._ledger.event("tail_polls")
             except Exception as exc:  # noqa: BLE001  # the thread must not die: log, count, go on
                 self._ledger.event("tailer_errors")
                 self._log.exception("tailer_error", error=str(exc))
@@ -410,7 +412,9 @@ class Tailer:
             self._unopened.pop(path, None)
             self._registry.seen(known.entry, time.time())
             return
-        if self._nothing_to_read(path, key, st, inp):
+        # An empty file has nothing to read and nothing to tell it by yet: it is opened once
+        # it has bytes (a write wakes us; the rescan is the safety net).
+        if not st.st_size or self._nothing_to_read(path, key, st, inp):
             return
         if len(self._by_key) >= self._cfg.max_open_files and not self._make_room():
             if path not in self._deferred:
