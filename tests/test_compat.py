@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from kafka.protocol.admin import DescribeConfigsResponse
 
@@ -11,6 +14,47 @@ from shipper.kafka import compat
 def test_every_internal_we_use_is_still_there() -> None:
     """An upgrade of kafka-python that moves an internal fails here, by name, not in use."""
     compat.check()
+
+
+# Imported in a fresh interpreter: the daemon's modules, what they loaded, then kafka-python's
+# consumer as a test helper or another library would import it afterwards.
+_FRESH = """
+import sys
+import shipper.daemon, shipper.cli
+from shipper.kafka import compat
+compat.check()
+print(" ".join(sorted(sys.modules)))
+from kafka import KafkaConsumer
+from kafka.protocol.admin import CreateTopicsRequest
+print(KafkaConsumer.__name__, CreateTopicsRequest.__name__)
+"""
+
+
+def test_the_daemon_loads_only_what_it_uses() -> None:
+    """The daemon's imports load no kafka-python client (producer, consumer, admin), no
+    compression library, not crc32c's command line, no HTTP library; and whoever imports
+    kafka-python's consumer later in the same process still gets it."""
+    out = subprocess.run(
+        [sys.executable, "-c", _FRESH], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.splitlines()
+    loaded = set(out[0].split())
+    assert "kafka.net.manager" in loaded
+    unwanted = {
+        "kafka.producer",
+        "kafka.consumer",
+        "kafka.admin",
+        "kafka.protocol.admin.acl",
+        "kafka.codec",
+        "snappy",
+        "zstandard",
+        "lz4",
+        "crc32c._cli",
+        "prometheus_client",
+        "http.server",
+        "http.client",
+    }
+    assert loaded & unwanted == set()
+    assert out[1] == "KafkaConsumer CreateTopicsRequest"
 
 
 def test_produce_request_is_acks_zero_with_our_batch() -> None:

@@ -12,17 +12,29 @@ retries after an authentication failure; ``ask_metadata`` serves ``validate --co
 from __future__ import annotations
 
 import gc
+import importlib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
 
+from shipper.kafka import partial, security
+
+# kafka-python's package __init__ imports its producer, consumer and admin client, and each
+# protocol package imports every API it has: about 6 MiB we never use. Load the packages
+# without their __init__ (the rest of the process still gets them whole on first use, see
+# ``partial``), with the names kafka-python's own modules import from them.
 with warnings.catch_warnings():
     # kafka-python 3.0 reads its protocol schemas with importlib.resources.read_text/open_text
     # (deprecated since Python 3.11) at import: keep that out of logs and -W error runs.
     warnings.filterwarnings("ignore", r".* is deprecated\. Use files", DeprecationWarning)
-    import kafka.codec
+    partial.package("kafka")
+    partial.package("kafka.net")
+    partial.package("kafka.protocol")
+    partial.package("kafka.protocol.admin", "groups", "configs")
+    partial.package("kafka.protocol.consumer", "group", "offsets")
+    partial.package("kafka.protocol.producer", "produce")
     import kafka.errors as kerr
     from kafka.future import Future
     from kafka.net.manager import KafkaConnectionManager
@@ -34,8 +46,6 @@ with warnings.catch_warnings():
     from kafka.protocol.metadata import MetadataRequest
     from kafka.protocol.producer import ProduceRequest
     from kafka.structs import TopicPartition
-
-from shipper.kafka import security
 
 if TYPE_CHECKING:
     from shipper.config import KafkaConfig
@@ -88,9 +98,9 @@ OnConnect = Callable[[Any, str, BaseException | None], None]
 
 
 def codec() -> ModuleType:
-    """kafka-python's codec module (snappy framing, lz4 and zstd helpers)."""
-    codec_module: ModuleType = kafka.codec
-    return codec_module
+    """kafka-python's codec module (snappy framing, lz4 and zstd helpers). Loaded on first
+    use: it imports every compression library installed (about 2.5 MiB)."""
+    return importlib.import_module("kafka.codec")
 
 
 def murmur2(data: bytes) -> int:

@@ -22,7 +22,12 @@ from itertools import accumulate, repeat
 from operator import add
 from typing import Final
 
-from crc32c import crc32c
+from shipper.kafka import partial
+
+# crc32c's package __init__ imports importlib.metadata (for its version) and its command
+# line: about 2 MiB. Only its C extension is needed here.
+partial.package("crc32c")
+from crc32c._crc32c import crc32c  # noqa: E402 - after its package is set up without __init__
 
 __all__ = [
     "COMPRESSION",
