@@ -798,7 +798,7 @@ def test_in_flight_bytes_are_bounded(cluster: FakeCluster, rigs: list[Rig]) -> N
         health = rig.sender.health()
         if health["state"] == "stalled":
             stalled_health = health
-        time.sleep(0.002)
+        time.sleep(0.002)  # the sampling interval of the peak
     snap = rig.ledger.snapshot()
     assert snap.dropped_lines["kafka_unavailable"] > 0  # waited for room, then gave up
     assert 16 * 1024 < peak <= 64 * 1024, peak
@@ -850,6 +850,10 @@ def test_a_peer_that_swallows_bytes_is_stalled(cluster: FakeCluster, rigs: list[
     assert_bracketed(snap, got)
 
 
+# kafka-python 3.0.12 leaves the socket of a connect it abandons (the dead leader) to the
+# garbage collector; when the collector runs inside this test, that is its ResourceWarning.
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_leader_failover_never_duplicates(cluster: FakeCluster, rigs: list[Rig]) -> None:
     """A leader dies: what it held is unconfirmed, shipping moves to the new leader, no line
     is written twice, and one lost connection is not mistaken for a rejection."""
@@ -961,6 +965,8 @@ def test_compressed_batches_arrive(cluster: FakeCluster, rigs: list[Rig], name: 
     rig.put(lines)
     wait_for(rig.settled)
     rig.stop()
+    # Confirmed means the broker answered a fence written after them: they are there.
+    assert rig.ledger.snapshot().confirmed_lines == len(lines)
     assert cluster.values("logs") == lines
 
 
@@ -971,7 +977,7 @@ def test_idle_sender_is_cheap_and_stops_fast(cluster: FakeCluster, rigs: list[Ri
     rig.sender.start()
     wait_for(lambda: rig.sender.connected)
     c0 = time.process_time()
-    time.sleep(1.0)
+    time.sleep(1.0)  # the measurement window: what an idle second costs
     assert time.process_time() - c0 < 0.25  # idle: no busy loop on either thread (one is ~1.0)
     assert rig.ledger.snapshot().events.get("kafka_fences", 0) == 0
     assert rig.stop(5.0) < 0.5

@@ -10,6 +10,8 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
+from tests.support.wait import wait_until
+
 __all__ = ["collect_stray_sockets", "end_offsets", "read_records", "read_topic"]
 
 
@@ -44,14 +46,12 @@ def _close(c: KafkaConsumer) -> None:
 
 
 def _partitions(c: KafkaConsumer, topic: str, timeout: float) -> list[TopicPartition]:
-    deadline = time.monotonic() + timeout
-    while True:
-        parts = c.partitions_for_topic(topic)
-        if parts:
-            return [TopicPartition(topic, p) for p in sorted(parts)]
-        if time.monotonic() > deadline:
-            return []
-        time.sleep(0.2)
+    """The partitions of ``topic`` once the metadata knows it; none after ``timeout``."""
+    try:
+        parts = wait_until(lambda: c.partitions_for_topic(topic), timeout, topic, 0.2)
+    except AssertionError:  # no such topic (yet): the caller reads nothing
+        return []
+    return [TopicPartition(topic, p) for p in sorted(parts)]
 
 
 def end_offsets(bootstrap: str, topic: str, timeout: float = 10.0) -> dict[int, int]:
