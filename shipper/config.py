@@ -439,7 +439,9 @@ class TailConfig:
     rotate_wait: float = _opt(duration(0.0, 3600.0), 5.0)
     max_open_files: int = _opt(integer(4, 1_000_000), 1024)
     fingerprint_bytes: int = _opt(integer(16, 65536), 1024)
-    coalesce: float = _opt(duration(0.0, 1.0), 0.0)
+    # inotify events arriving within this long are read together (one wake-up serves every
+    # write of the pause); 0 reads each at once.
+    coalesce: float = _opt(duration(0.0, 1.0), 0.01)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,12 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
+try:  # Linux: inotify, read through our own coalescing reader
+    from watchdog.observers.inotify import InotifyEmitter
+    from watchdog.observers.inotify_c import InotifyFD
+except ImportError:  # pragma: no cover  # another platform: watchdog's default observer
+    InotifyFD = None  # type: ignore[assignment,misc]
+
 __all__ = ["ChangeSet", "Matcher", "Watcher", "base_dir", "glob_to_regex"]
 
 _MAGIC = re.compile(r"[*?\[]")
@@ -183,11 +189,57 @@ class _Handler(FileSystemEventHandler):
             self._changes.add(src)
 
 
+if InotifyFD is not None:
+
+    class _CoalescingFD(InotifyFD):
+        """watchdog's inotify reader thread, resting ``coalesce`` seconds after each read
+        that returned events. Meanwhile the kernel merges repeats of the last queued event
+        (a file written again and again yields one IN_MODIFY, not one per write), so one
+        read, one event and one tailer round serve every write of the pause: at 1,000 writes
+        a second and 5 ms, at most 200 wake-ups instead of 1,000 in each of watchdog's
+        three threads and ours. Events are delayed by at most ``coalesce``."""
+
+        def __init__(self, coalesce: float) -> None:
+            super().__init__()
+            self.name = "shipper-inotify"
+            self._coalesce = coalesce
+
+        def run(self) -> None:
+            while self.should_keep_running():
+                events = self.read_events()
+                for event in events:
+                    self.handle_event(event)
+                if events and self._coalesce > 0:
+                    self.stopped_event.wait(self._coalesce)
+
+    class _InotifyObserver(BaseObserver):
+        """watchdog's inotify observer with the coalescing reader."""
+
+        def __init__(self, coalesce: float) -> None:
+            self._inotify_fd = _CoalescingFD(coalesce)
+            self._inotify_fd.daemon = True
+            self._inotify_fd.start()
+            super().__init__(InotifyEmitter, inotify_fd=self._inotify_fd)
+
+        def on_thread_stop(self) -> None:
+            super().on_thread_stop()
+            self._inotify_fd.stop()
+            self._inotify_fd.join()
+
+
+def _observer(coalesce: float) -> BaseObserver:
+    """A new (not started) observer whose events come at most ``coalesce`` s late."""
+    if InotifyFD is None:  # pragma: no cover
+        return Observer()
+    return _InotifyObserver(coalesce)
+
+
 class Watcher:
     """Owns the watchdog observer and the set of directories under watch."""
 
-    def __init__(self, changes: ChangeSet) -> None:
+    def __init__(self, changes: ChangeSet, coalesce: float = 0.0) -> None:
         self._changes = changes
+        self._coalesce = coalesce
         self._observer: BaseObserver | None = None
         self._handler = _Handler(changes)
         self._watched: dict[str, bool] = {}
@@ -200,7 +252,7 @@ class Watcher:
         the constructor: threads start only in ``start`` (the daemon masks signals there).
         """
         logging.getLogger("watchdog.observers.inotify").addFilter(_not_stop_race)  # once
-        self._observer = Observer()
+        self._observer = _observer(self._coalesce)
         self._observer.daemon = True
         self._observer.start()
 

@@ -61,7 +61,7 @@ class Tailer:
         self._limiter = RateLimiter(10.0)
         self._matchers = [Matcher(i.paths, i.exclude) for i in inputs]
         self._changes = ChangeSet()
-        self._watcher = Watcher(self._changes)
+        self._watcher = Watcher(self._changes, cfg.coalesce)
         self._copies = Copies(cfg.rotate_wait, ledger, self._warn)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
