@@ -459,7 +459,9 @@ class TailConfig:
     rotate_wait: float = _opt(duration(0.0, 3600.0), 5.0)
     max_open_files: int = _opt(integer(4, 1_000_000), 1024)
     fingerprint_bytes: int = _opt(integer(16, 65536), 1024)
-    coalesce: float = _opt(duration(0.0, 1.0), 0.0)
+    # inotify events arriving within this long are read together (one wake-up serves every
+    # write of the pause); 0 reads each at once.
+    coalesce: float = _opt(duration(0.0, 1.0), 0.01)
 
 
 @dataclass(frozen=True, slots=True)
@@ -533,7 +535,7 @@ class KafkaConfig:
     linger: float = _opt(duration(0.0, 10.0), 0.005)
     batch_max_bytes: int = _opt(size(1 * KiB, 64 * MiB), 1000 * KiB)
     batch_max_lines: int = _opt(integer(1, 1_000_000), 20_000)
-    max_in_flight_bytes: int = _opt(size(64 * KiB, 1 * GiB), 1 * MiB)
+    max_in_flight_bytes: int = _opt(size(64 * KiB, 1 * GiB), 4 * MiB)
     unavailable_timeout: float = _opt(duration(0.0, 3600.0), 5.0)
     metadata_refresh: float = _opt(duration(0.1, 86400.0), 30.0)
     connect_backoff_max: float = _opt(duration(0.01, 600.0), 5.0)

@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import threading
 import time
-from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Hashable
-from itertools import accumulate
-from operator import add
+from itertools import islice
 
 from shipper.chunk import LINE_OVERHEAD, OFFSET_OVERHEAD, Chunk, Source
 from shipper.config import QueueConfig
@@ -39,25 +37,41 @@ def _per_line(chunk: Chunk) -> int:
 
 
 def _prefix_fitting(
-    lines: list[bytes], max_lines: int, max_cost: int, overhead: int = 0
+    lines: list[bytes], max_lines: int, max_cost: int, overhead: int = 0, total: int = -1
 ) -> tuple[int, int]:
     """Return (count, payload bytes) of the longest prefix of ``lines`` with at most
     ``max_lines`` lines costing at most ``max_cost`` (payload + ``overhead`` per line).
+    ``total``: the payload of all ``lines`` when the caller knows it (-1: not known).
 
-    Cumulative costs are built and searched by C code (accumulate, map, bisect): no
-    Python-level step per line.
+    One C-level sum over the prefix the budget pays for on average (no list of per-line
+    sums), then a Python step per line of that estimate's error, which for log lines is a
+    few dozen lines of thousands.
     """
     end = min(len(lines), max_lines)
     if end <= 0 or max_cost <= 0:
         return 0, 0
-    cum = list(accumulate(map(len, lines[:end] if end < len(lines) else lines)))
-    costs = (
-        list(map(add, cum, range(overhead, overhead * (len(cum) + 1), overhead)))
-        if overhead
-        else cum
-    )
-    k = bisect_right(costs, max_cost)
-    return k, (cum[k - 1] if k else 0)
+    if end < len(lines) or total < 0:
+        total = sum(map(len, lines[:end] if end < len(lines) else lines))
+    whole = total + overhead * end
+    if whole <= max_cost:
+        return end, total
+    k = max_cost * end // whole  # the prefix the budget pays for at the average line cost
+    payload = sum(map(len, lines[:k]))
+    if payload + overhead * k <= max_cost:  # fits: take more lines while the next fits
+        room = max_cost - payload - overhead * k
+        for n in map(len, islice(lines, k, end)):
+            room -= n + overhead
+            if room < 0:
+                break
+            payload += n
+            k += 1
+        return k, payload
+    while k:  # too much: give lines back until it fits
+        k -= 1
+        payload -= len(lines[k])
+        if payload + overhead * k <= max_cost:
+            break
+    return k, payload
 
 
 class DropQueue:
@@ -151,6 +165,7 @@ class DropQueue:
             self._max_lines - self._lines,
             self._max_cost - self._cost,
             _per_line(chunk),
+            chunk.nbytes,
         )
 
     def _stalled(self, now: float) -> bool:
@@ -187,7 +202,9 @@ class DropQueue:
         per_line = _per_line(chunk)
         if len(chunk.lines) > self._max_lines or chunk.cost > self._max_cost:
             # The chunk alone is larger than the queue: keep its newest lines that fit.
-            k, kb = _prefix_fitting(chunk.lines[::-1], self._max_lines, self._max_cost, per_line)
+            k, kb = _prefix_fitting(
+                chunk.lines[::-1], self._max_lines, self._max_cost, per_line, chunk.nbytes
+            )
             old, chunk = chunk.split(len(chunk.lines) - k, chunk.nbytes - kb)
             self._ledger.rejected("queue_full", len(old.lines), old.nbytes)
         chunks = self._chunks
@@ -274,7 +291,9 @@ class DropQueue:
                 chunks.popleft()
                 piece = head
             else:
-                k, kb = _prefix_fitting(head.lines, max_lines - n, max_bytes - nbytes)
+                k, kb = _prefix_fitting(
+                    head.lines, max_lines - n, max_bytes - nbytes, 0, head.nbytes
+                )
                 if not k and not out:
                     k, kb = 1, len(head.lines[0])  # always make progress
                 if not k:

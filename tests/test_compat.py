@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+
 import pytest
 from kafka.protocol.admin import DescribeConfigsResponse
 
@@ -11,6 +17,88 @@ from shipper.kafka import compat
 def test_every_internal_we_use_is_still_there() -> None:
     """An upgrade of kafka-python that moves an internal fails here, by name, not in use."""
     compat.check()
+
+
+# Imported in a fresh interpreter: the daemon's modules, what they loaded, then kafka-python's
+# consumer as a test helper or another library would import it afterwards.
+_FRESH = """
+import sys
+import shipper.daemon, shipper.cli
+from shipper.kafka import compat
+compat.check()
+print(" ".join(sorted(sys.modules)))
+from kafka import KafkaConsumer
+from kafka.protocol.admin import CreateTopicsRequest
+print(KafkaConsumer.__name__, CreateTopicsRequest.__name__)
+"""
+
+
+def test_the_daemon_loads_only_what_it_uses() -> None:
+    """The daemon's imports load no kafka-python client (producer, consumer, admin), no
+    compression library, not crc32c's command line, no HTTP library; and whoever imports
+    kafka-python's consumer later in the same process still gets it."""
+    out = subprocess.run(
+        [sys.executable, "-c", _FRESH], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.splitlines()
+    loaded = set(out[0].split())
+    assert "kafka.net.manager" in loaded
+    unwanted = {
+        "kafka.producer",
+        "kafka.consumer",
+        "kafka.admin",
+        "kafka.protocol.admin.acl",
+        "kafka.codec",
+        "snappy",
+        "zstandard",
+        "lz4",
+        "crc32c._cli",
+        "prometheus_client",
+        "http.server",
+        "http.client",
+    }
+    assert loaded & unwanted == set()
+    assert out[1] == "KafkaConsumer CreateTopicsRequest"
+
+
+@pytest.mark.parametrize("version", range(3, 10))
+def test_produce_frame_is_kafka_pythons_own_request(version: int) -> None:
+    """The bytes written around a batch make the very request kafka-python would encode, at
+    each Produce version the client may use (v9 is flexible: compact sizes, tagged fields)."""
+    batch = bytes(range(256)) * 700  # longer than a one-byte (or two-byte) length
+    req = compat.produce_request("a-topic", 70_000, batch)
+    req.API_VERSION = version
+    req.with_header(correlation_id=123_456, client_id="shipper-host-1")
+    head, tail = compat.produce_frame(
+        version, "a-topic", 70_000, len(batch), correlation_id=123_456, client_id="shipper-host-1"
+    )
+    assert head + batch + tail == bytes(req.encode(framed=True, header=True))
+
+
+def test_writes_go_out_whole_and_in_order_through_short_sends() -> None:
+    """The transport's gathered send writes every buffer, in order, across partial sends and
+    a full socket buffer (the reader drains it slowly)."""
+    net = compat.NetworkSelector(client_id="shipper-test")
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    pieces = [bytes([i % 251]) * (1 + i * 997 % 70_000) for i in range(200)]
+    pieces.insert(50, memoryview(b"view" * 1000)[3:])
+    want = b"".join(pieces)
+    got = bytearray()
+    try:
+        transport = compat.KafkaTCPTransport(net, ours)
+        transport.writelines(pieces)
+        theirs.settimeout(0.001)
+        deadline = time.monotonic() + 30
+        while len(got) < len(want) and time.monotonic() < deadline:
+            net.poll(timeout_ms=1)
+            with contextlib.suppress(TimeoutError):
+                got += theirs.recv(16384)
+        assert bytes(got) == want
+    finally:
+        ours.close()
+        theirs.close()
+        net.close()
 
 
 def test_produce_request_is_acks_zero_with_our_batch() -> None:

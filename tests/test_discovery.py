@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -230,3 +231,47 @@ def test_stop_while_events_flow_logs_nothing(
             halt.set()
             writer.join()
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+class _CountingEvent(threading.Event):
+    """The change set's wake-up event, counting how often it is set (one per event)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sets = 0
+
+    def set(self) -> None:
+        self.sets += 1
+        super().set()
+
+
+def _wakeups(tmp_path: Path, coalesce: float) -> int:
+    """Append to a watched file every millisecond for 0.2 s; return how many watchdog
+    events reached the change set (each one wakes the tailer)."""
+    changes = ChangeSet()
+    counter = _CountingEvent()
+    changes.event = counter
+    w = Watcher(changes, coalesce)
+    w.start()
+    try:
+        log = tmp_path / f"app-{coalesce}.log"
+        log.write_bytes(b"")
+        assert w.ensure(str(tmp_path), recursive=False) is True
+        with log.open("ab", buffering=0) as f:
+            end = time.monotonic() + 0.2
+            while time.monotonic() < end:
+                f.write(b"line\n")
+                time.sleep(0.001)  # the input's pace, not a wait for a result
+        wait_until(lambda: str(log) in changes.drain().paths, what="the writes reported")
+        return counter.sets
+    finally:
+        w.stop()
+
+
+def test_coalesce_merges_the_events_of_a_pause(tmp_path: Path) -> None:
+    """With tail.coalesce the inotify reader rests after each read and the kernel merges
+    the repeated writes meanwhile: about one wake-up per pause, not one per write."""
+    merged = _wakeups(tmp_path, 0.1)
+    assert 1 <= merged <= 6, merged
+    every = _wakeups(tmp_path, 0.0)
+    assert every > merged, (every, merged)

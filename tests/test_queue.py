@@ -165,6 +165,56 @@ def test_ledger_balances_and_order_is_kept(
     assert ids == sorted(set(ids))
 
 
+def longest_prefix(lens: list[int], max_lines: int, max_cost: int, per_line: int) -> int:
+    """How many of ``lens`` a budget of lines and cost admits, counted one by one."""
+    k = total = 0
+    while k < min(len(lens), max_lines) and total + lens[k] + per_line <= max_cost:
+        total += lens[k] + per_line
+        k += 1
+    return k
+
+
+line_lengths = st.lists(
+    st.one_of(st.integers(0, 200), st.integers(0, 5000)), min_size=1, max_size=400
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(lens=line_lengths, max_lines=st.integers(1, 500), max_bytes=st.integers(1, 400_000))
+def test_take_is_the_longest_prefix_that_fits(
+    lens: list[int], max_lines: int, max_bytes: int
+) -> None:
+    """take() returns exactly the longest prefix within max_lines and max_bytes of payload
+    (one line at least), whatever the mix of line lengths."""
+    q, _ = make(max_lines=10**6, max_bytes=10**9)
+    put(q, [b"x" * n for n in lens])
+    got, nbytes = take(q, max_lines, max_bytes)
+    want = max(1, longest_prefix(lens, max_lines, max_bytes, 0))
+    assert len(got) == want
+    assert nbytes == sum(lens[:want]) == sum(map(len, got))
+
+
+@settings(max_examples=300, deadline=None)
+@given(lens=line_lengths, max_lines=st.integers(1, 500), max_bytes=st.integers(1024, 400_000))
+def test_offer_admits_the_longest_prefix_that_fits(
+    lens: list[int], max_lines: int, max_bytes: int
+) -> None:
+    """offer() admits exactly the longest prefix whose lines and cost (payload plus the
+    per-line bookkeeping) fit, and hands back the rest, starting where it starts."""
+    q, led = make(max_lines=max_lines, max_bytes=max_bytes)
+    lines = [b"x" * n for n in lens]
+    rest = q.offer(chunk(lines, base=1000))
+    want = longest_prefix(lens, max_lines, max_bytes, LINE_OVERHEAD)
+    assert (q.lines, q.nbytes) == (want, sum(lens[:want]))
+    if want == len(lens):
+        assert rest is None
+    else:
+        assert rest is not None
+        assert rest.lines == lines[want:]
+        assert rest.base == 1000 + sum(lens[:want]) + want
+    assert led.snapshot().balanced
+
+
 @pytest.mark.parametrize("policy", ["drop_newest", "drop_oldest"])
 def test_single_chunk_bigger_than_queue(policy: str) -> None:
     """A chunk larger than the whole queue is cut down, never queued whole."""

@@ -734,9 +734,8 @@ class Client:
     def _io_write(self, link: _Link, partition: int, batch: Batch) -> bool:
         """Write ``batch`` to the link's connection; True once written (or possibly written)."""
         conn = link.conn
-        req = compat.produce_request(batch.topic, partition, batch.payload)
         try:
-            fut = conn.send_request(req)
+            fut = compat.send_produce(conn, batch.topic, partition, batch.payload)
         except Exception as e:  # noqa: BLE001 - it may have reached the socket: never resend
             self._log.exception("kafka_send_error", node=conn.node_id, error=repr(e))
             fut = None

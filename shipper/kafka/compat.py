@@ -12,17 +12,31 @@ retries after an authentication failure; ``ask_metadata`` serves ``validate --co
 from __future__ import annotations
 
 import gc
+import importlib
+import struct
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import islice
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
 
+from shipper.kafka import partial, security
+
+# kafka-python's package __init__ imports its producer, consumer and admin client, and each
+# protocol package imports every API it has: about 6 MiB we never use. Load the packages
+# without their __init__ (the rest of the process still gets them whole on first use, see
+# ``partial``), with the names kafka-python's own modules import from them.
 with warnings.catch_warnings():
     # kafka-python 3.0 reads its protocol schemas with importlib.resources.read_text/open_text
     # (deprecated since Python 3.11) at import: keep that out of logs and -W error runs.
     warnings.filterwarnings("ignore", r".* is deprecated\. Use files", DeprecationWarning)
-    import kafka.codec
+    partial.package("kafka")
+    partial.package("kafka.net")
+    partial.package("kafka.protocol")
+    partial.package("kafka.protocol.admin", "groups", "configs")
+    partial.package("kafka.protocol.consumer", "group", "offsets")
+    partial.package("kafka.protocol.producer", "produce")
     import kafka.errors as kerr
     from kafka.future import Future
     from kafka.net.manager import KafkaConnectionManager
@@ -34,8 +48,6 @@ with warnings.catch_warnings():
     from kafka.protocol.metadata import MetadataRequest
     from kafka.protocol.producer import ProduceRequest
     from kafka.structs import TopicPartition
-
-from shipper.kafka import security
 
 if TYPE_CHECKING:
     from shipper.config import KafkaConfig
@@ -65,9 +77,11 @@ __all__ = [
     "murmur2",
     "new_client",
     "partition_error",
+    "produce_frame",
     "produce_request",
     "restart_dead_refresh_loop",
     "retriable",
+    "send_produce",
 ]
 
 REQUEST_TIMEOUT_MS: Final = 30_000
@@ -88,9 +102,9 @@ OnConnect = Callable[[Any, str, BaseException | None], None]
 
 
 def codec() -> ModuleType:
-    """kafka-python's codec module (snappy framing, lz4 and zstd helpers)."""
-    codec_module: ModuleType = kafka.codec
-    return codec_module
+    """kafka-python's codec module (snappy framing, lz4 and zstd helpers). Loaded on first
+    use: it imports every compression library installed (about 2.5 MiB)."""
+    return importlib.import_module("kafka.codec")
 
 
 def murmur2(data: bytes) -> int:
@@ -148,6 +162,48 @@ def _deliver_data_before_eof(cls: type[Any]) -> None:
 
 _deliver_data_before_eof(KafkaTCPTransport)
 _deliver_data_before_eof(KafkaSSLTransport)
+
+_IOV_MAX: Final = 64  # buffers per sendmsg (Linux allows 1024)
+
+
+def _send_gathered(cls: type[Any]) -> None:
+    """kafka-python 3.0.12 sends its write buffer one ``send`` per buffer. Send up to
+    ``_IOV_MAX`` buffers per ``sendmsg`` instead: a produce request is three buffers (its
+    head, the record batch, its tail: the batch is never copied) and its fence often follows
+    at once, so one system call (one release of the GIL) writes what took four."""
+    if getattr(cls._sock_send, "_shipper_gathered", False):
+        return
+
+    def _sock_send(self: Any) -> tuple[int, BaseException | None]:
+        sock = self._sock
+        if sock is None:
+            return 0, kerr.KafkaConnectionError("Connection closed during send")
+        pending = self._write_buffer
+        total = 0
+        while pending:
+            try:
+                sent = sock.sendmsg(list(islice(pending, _IOV_MAX)))
+            except (BlockingIOError, InterruptedError):
+                break
+            except Exception as e:  # noqa: BLE001 - as kafka-python: the transport aborts
+                return total, kerr.KafkaConnectionError(e)
+            total += sent
+            while pending:  # drop what went out; keep the rest of a buffer sent in part
+                head = pending[0]
+                size = head.nbytes if isinstance(head, memoryview) else len(head)
+                if sent < size:
+                    if sent:
+                        pending[0] = memoryview(head).cast("B")[sent:]
+                    break
+                sent -= size
+                pending.popleft()
+        return total, None
+
+    _sock_send._shipper_gathered = True  # type: ignore[attr-defined]  # our marker: applied
+    cls._sock_send = _sock_send
+
+
+_send_gathered(KafkaTCPTransport)  # TLS writes go through the SSL object: left as they are
 
 
 def new_client(cfg: KafkaConfig, on_connect: OnConnect | None = None) -> tuple[Any, Any]:
@@ -278,6 +334,92 @@ def produce_request(topic: str, partition: int, records: bytes) -> Any:
         ],
         max_version=_PRODUCE_MAX_VERSION,
     )
+
+
+def send_produce(conn: Any, topic: str, partition: int, batch: bytes) -> Any:
+    """Write an acks=0 ProduceRequest carrying ``batch`` on ``conn``; return kafka-python's
+    future for it (done once written, or failed if the connection could not take it).
+
+    On a ready connection the request goes straight to the transport as three buffers,
+    its head, the batch itself and its tail, in the bytes kafka-python would encode (the
+    batch is not copied three times on its way, as kafka-python's encoder does); otherwise
+    (connecting, SASL re-authentication, paused) through kafka-python's own path.
+    """
+    transport = conn.transport
+    if (
+        not conn.connected
+        or conn.initializing
+        or conn.paused
+        or conn._reauth.is_reauthenticating
+        or conn.parser.bytes_to_send
+        or transport is None
+    ):
+        return conn.send_request(produce_request(topic, partition, batch))
+    try:
+        version = conn.broker_version_data.api_version(
+            ProduceRequest, max_version=_PRODUCE_MAX_VERSION
+        )
+    except kerr.IncompatibleBrokerVersion as e:
+        return Future().failure(e)
+    parser = conn.parser
+    head, tail = produce_frame(
+        version,
+        topic,
+        partition,
+        len(batch),
+        correlation_id=parser._next_correlation_id(),
+        client_id=parser._client_id,
+    )
+    transport.writelines((head, batch, tail) if tail else (head, batch))
+    return Future().success(None)
+
+
+_CLIENT_HEADER: Final = struct.Struct(">hhih")  # api key, version, correlation id, client id
+_ACKS_TIMEOUT: Final = struct.Struct(">hi")
+
+
+def produce_frame(
+    version: int, topic: str, partition: int, size: int, *, correlation_id: int, client_id: str
+) -> tuple[bytes, bytes]:
+    """The bytes around a record batch of ``size`` bytes in a framed acks=0 ProduceRequest
+    (request header included) of ``version`` (3 to 9): those before it and those after."""
+    client = client_id.encode()
+    name = topic.encode()
+    header = _CLIENT_HEADER.pack(0, version, correlation_id, len(client)) + client
+    timeout = _ACKS_TIMEOUT.pack(0, REQUEST_TIMEOUT_MS)
+    if version >= 9:  # flexible: compact arrays, strings and bytes; tagged fields
+        body = (
+            b"\x00"  # header tagged fields
+            + b"\x00"  # transactional_id: null
+            + timeout
+            + b"\x02"  # one topic
+            + _uvarint(len(name) + 1)
+            + name
+            + b"\x02"  # one partition
+            + struct.pack(">i", partition)
+            + _uvarint(size + 1)
+        )
+        tail = b"\x00\x00\x00"  # partition, topic and request tagged fields
+    else:
+        body = (
+            b"\xff\xff"  # transactional_id: null
+            + timeout
+            + struct.pack(">ih", 1, len(name))
+            + name
+            + struct.pack(">iii", 1, partition, size)
+        )
+        tail = b""
+    head = header + body
+    return struct.pack(">i", len(head) + size + len(tail)) + head, tail
+
+
+def _uvarint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 def fence_request() -> Any:
@@ -442,6 +584,31 @@ def restart_dead_refresh_loop(cluster: Any) -> BaseException | None:
     return exc if exc is not None else RuntimeError("metadata refresh loop ended")
 
 
+def _check_produce_frame(net: Any) -> None:
+    """``send_produce``'s way round kafka-python: the connection state it reads, and the
+    bytes it writes, which must be kafka-python's own for every version it may use."""
+    from kafka.net.connection import KafkaConnection  # noqa: PLC0415 - loaded by the manager
+    from kafka.protocol.parser import KafkaProtocol  # noqa: PLC0415 - loaded with it
+
+    conn = KafkaConnection(net, node_id="shipper-check")  # connects nowhere until asked
+    for name in ("send_request", "transport", "parser", "connected", "initializing", "paused"):
+        assert hasattr(conn, name), f"kafka-python moved KafkaConnection.{name}"
+    assert hasattr(conn, "broker_version_data"), "kafka-python moved broker_version_data"
+    assert hasattr(conn._reauth, "is_reauthenticating"), "kafka-python moved re-authentication"
+    protocol = KafkaProtocol(client_id="shipper-check")
+    for name in ("_next_correlation_id", "_client_id", "bytes_to_send"):
+        assert hasattr(protocol, name), f"kafka-python moved KafkaProtocol.{name}"
+    for version in range(3, _PRODUCE_MAX_VERSION + 1):
+        req = produce_request("check", 7, b"records")
+        req.API_VERSION = version
+        req.with_header(correlation_id=42, client_id="shipper-check")
+        want = bytes(req.encode(framed=True, header=True))
+        head, tail = produce_frame(
+            version, "check", 7, len(b"records"), correlation_id=42, client_id="shipper-check"
+        )
+        assert head + b"records" + tail == want, f"ProduceRequest v{version} layout changed"
+
+
 def check() -> None:
     """Raise AssertionError naming the first kafka-python internal that is not where we use it.
 
@@ -496,7 +663,7 @@ def check() -> None:
                     "leader_for_partition",
                 ),
             ),
-            (KafkaTCPTransport, ("_sock_recv", "abort", "is_closing")),
+            (KafkaTCPTransport, ("_sock_recv", "abort", "is_closing", "writelines")),
             (KafkaSSLTransport, ("_sock_recv",)),
         )
         for obj, names in wanted:
@@ -513,6 +680,14 @@ def check() -> None:
         )
         for cls in (KafkaTCPTransport, KafkaSSLTransport):
             assert getattr(cls._sock_recv, "_shipper_eof_first", False), "recv fix not applied"
+        assert getattr(KafkaTCPTransport._sock_send, "_shipper_gathered", False), (
+            "gathered send not applied"
+        )
+        for name in ("_write_buffer", "_sock"):  # what the gathered send reads
+            assert name in KafkaTCPTransport._write_to_sock.__code__.co_names + (
+                KafkaTCPTransport.write.__code__.co_names
+            ), f"kafka-python moved KafkaTCPTransport.{name}"
+        _check_produce_frame(net)
     finally:
         manager.close()
         net.close()

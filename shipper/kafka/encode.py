@@ -22,7 +22,12 @@ from itertools import accumulate, repeat
 from operator import add
 from typing import Final
 
-from crc32c import crc32c
+from shipper.kafka import partial
+
+# crc32c's package __init__ imports importlib.metadata (for its version) and its command
+# line: about 2 MiB. Only its C extension is needed here.
+partial.package("crc32c")
+from crc32c._crc32c import crc32c  # noqa: E402 - after its package is set up without __init__
 
 __all__ = [
     "COMPRESSION",
@@ -209,15 +214,16 @@ _VA: Final = _Table(lambda n: varint(n) + b"\x00")
 _VA0: Final = _Table(lambda n: varint(n) + b"\x00\x00")
 # record length -> bytes the record takes (the length varint, then the record)
 _LSZ: Final = _IntTable(lambda n: len(varint(n)) + n)
-# varint(offset delta), grown on demand (replaced, never mutated: safe across threads)
-_OFFSETS: list[bytes] = [varint(i) for i in range(1 << 13)]
+# varint(offset delta), grown on demand to the largest batch yet, at least doubling
+# (replaced, never mutated: safe across threads). Small while batches are (low rates).
+_OFFSETS: list[bytes] = [varint(i) for i in range(64)]
 
 
 def _offsets(n: int) -> list[bytes]:
     global _OFFSETS  # noqa: PLW0603
     table = _OFFSETS
     if n > len(table):
-        table = table + [varint(i) for i in range(len(table), n)]
+        table = table + [varint(i) for i in range(len(table), max(n, 2 * len(table)))]
         _OFFSETS = table
     return table
 

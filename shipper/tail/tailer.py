@@ -70,7 +70,7 @@ class Tailer:
         self._limiter = RateLimiter(10.0)
         self._matchers = [Matcher(i.paths, i.exclude) for i in inputs]
         self._changes = ChangeSet()
-        self._watcher = Watcher(self._changes)
+        self._watcher = Watcher(self._changes, cfg.coalesce)
         self._copies = Copies(
             cfg.rotate_wait, ledger, self._warn, keep=cfg.rescan_interval + cfg.poll_interval
         )
