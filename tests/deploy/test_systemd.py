@@ -66,8 +66,12 @@ class Machine:
             ["systemd-nspawn", "--register=no", "--keep-unit", "--console=passive",
              "-b", "-D", str(root)],
             stdin=subprocess.DEVNULL, stdout=self._console, stderr=subprocess.STDOUT)
-        self.pid = self._find_init()
-        self._wait_booted()
+        try:
+            self.pid = self._find_init()
+            self._wait_booted()
+        except BaseException:
+            self.poweroff()  # never leave a half-booted container behind
+            raise
 
     def _find_init(self, timeout: float = 30.0) -> int:
         """The container's PID 1 as the host sees it: nspawn's child once it is systemd."""
