@@ -47,14 +47,18 @@ class Container:
             "log": {"stats_interval": "5s"},
         }))
         conf.chmod(0o644)
-        podman("volume", "create", self.state)
-        podman("run", "--detach", "--name", self.name,
-               "--read-only", "--network", "host",
-               "--volume", f"{logs}:/var/log/app:ro",
-               "--volume", f"{self.state}:/var/lib/shipper",
-               "--volume", f"{conf}:/etc/shipper/shipper.yaml:ro",
-               "--env", f"SHIPPER_METRICS_LISTEN={self.listen}",
-               *(extra or []), image)
+        try:
+            podman("volume", "create", self.state)
+            podman("run", "--detach", "--name", self.name,
+                   "--read-only", "--network", "host",
+                   "--volume", f"{logs}:/var/log/app:ro",
+                   "--volume", f"{self.state}:/var/lib/shipper",
+                   "--volume", f"{conf}:/etc/shipper/shipper.yaml:ro",
+                   "--env", f"SHIPPER_METRICS_LISTEN={self.listen}",
+                   *(extra or []), image)
+        except BaseException:  # pytest.fail raises a BaseException
+            self.remove()
+            raise
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         """Wait until /health answers 200 on the moved port."""

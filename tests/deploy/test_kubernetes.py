@@ -463,8 +463,8 @@ def fixture_played(image: str, kafka: Broker, tmp_path_factory: pytest.TempPathF
     kube.write_text(yaml.safe_dump_all(docs, sort_keys=False))
     pod = f"shipper-play{suffix}-pod-0"
     volumes = [v["name"] for v in pod_spec(docs)["volumes"]]
-    podman("kube", "play", str(kube))
     try:
+        podman("kube", "play", str(kube))
         wait_until(lambda: health(listen)[0] == 200, 60, "the shipper's /health in the pod")
         wait_until(lambda: len(records(kafka.bootstrap, topic, timeout=2)) >= 100, 60,
                    "the app's first 100 lines at the broker", step=0.5)
