@@ -31,11 +31,18 @@ TEST_IMAGE = "localhost/shipper:deploy-test"
 PODMAN_ENV = {**os.environ, "CONTAINERS_CONF": str(CONTAINERS_CONF)}
 
 
-def podman(*args: str, check: bool = True,
-           timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def podman(
+    *args: str, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """Run podman with the repository's containers.conf; fail with its output if ``check``."""
-    res = subprocess.run(["podman", *args], capture_output=True, text=True, env=PODMAN_ENV,
-                         timeout=timeout, check=False)
+    res = subprocess.run(
+        ["podman", *args],
+        capture_output=True,
+        text=True,
+        env=PODMAN_ENV,
+        timeout=timeout,
+        check=False,
+    )
     if check and res.returncode != 0:
         pytest.fail(f"podman {' '.join(args)} exited {res.returncode}:\n{res.stdout}{res.stderr}")
     return res
@@ -89,8 +96,9 @@ def health(listen: str) -> tuple[int, dict[str, Any]]:
         return 0, {}
 
 
-def records(bootstrap: str, topic: str, expect: int | None = None,
-            timeout: float = 30.0) -> list[bytes]:
+def records(
+    bootstrap: str, topic: str, expect: int | None = None, timeout: float = 30.0
+) -> list[bytes]:
     """Every record value in ``topic`` (waiting for ``expect`` records, if given)."""
     parts = read_topic(bootstrap, topic, timeout=timeout, expect=expect)
     return [v for p in sorted(parts) for v in parts[p]]
@@ -108,10 +116,28 @@ def fixture_image() -> str:
     """The shipper image, built from this tree on the local Debian base (no optional codec)."""
     for tool in ("podman", "debootstrap"):
         assert shutil.which(tool), f"{tool} is missing: make test-deploy installs it"
-    res = subprocess.run([str(ROOT / "scripts" / "base-image")], capture_output=True, text=True,
-                         env=PODMAN_ENV, timeout=900, check=False)
+    res = subprocess.run(
+        [str(ROOT / "scripts" / "base-image")],
+        capture_output=True,
+        text=True,
+        env=PODMAN_ENV,
+        timeout=900,
+        check=False,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     # --network host: netavark's bridge needs iptables, which these machines lack.
-    podman("build", "--quiet", "--network", "host", "--format", "docker",
-           "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "-t", TEST_IMAGE, str(ROOT), timeout=600)
+    podman(
+        "build",
+        "--quiet",
+        "--network",
+        "host",
+        "--format",
+        "docker",
+        "--build-arg",
+        f"BASE_IMAGE={BASE_IMAGE}",
+        "-t",
+        TEST_IMAGE,
+        str(ROOT),
+        timeout=600,
+    )
     return TEST_IMAGE

@@ -33,39 +33,65 @@ ADM_GID = 4  # group adm on Debian, in the image as on the host
 class Container:
     """One ``podman run -d`` of the image, configured for the test broker."""
 
-    def __init__(self, image: str, workdir: Path, broker: Broker, topic: str, logs: Path,
-                 *, extra: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        image: str,
+        workdir: Path,
+        broker: Broker,
+        topic: str,
+        logs: Path,
+        *,
+        extra: list[str] | None = None,
+    ) -> None:
         self.name = f"shipper-test-{uuid.uuid4().hex[:10]}"
         self.listen = f"127.0.0.1:{free_port()}"
         self.state = f"{self.name}-state"
         conf = workdir / f"{self.name}.yaml"
-        conf.write_text(yaml.safe_dump({
-            "inputs": [{"paths": ["/var/log/app/*.log"], "start_at": "beginning"}],
-            "tail": {"poll_interval": "100ms", "rescan_interval": "1s"},
-            "kafka": {"bootstrap_servers": [broker.bootstrap], "topic": topic},
-            "metrics": {"listen": "${SHIPPER_METRICS_LISTEN:-127.0.0.1:9108}"},
-            "log": {"stats_interval": "5s"},
-        }))
+        conf.write_text(
+            yaml.safe_dump(
+                {
+                    "inputs": [{"paths": ["/var/log/app/*.log"], "start_at": "beginning"}],
+                    "tail": {"poll_interval": "100ms", "rescan_interval": "1s"},
+                    "kafka": {"bootstrap_servers": [broker.bootstrap], "topic": topic},
+                    "metrics": {"listen": "${SHIPPER_METRICS_LISTEN:-127.0.0.1:9108}"},
+                    "log": {"stats_interval": "5s"},
+                }
+            )
+        )
         conf.chmod(0o644)
         try:
             podman("volume", "create", self.state)
-            podman("run", "--detach", "--name", self.name,
-                   "--read-only", "--network", "host",
-                   "--volume", f"{logs}:/var/log/app:ro",
-                   "--volume", f"{self.state}:/var/lib/shipper",
-                   "--volume", f"{conf}:/etc/shipper/shipper.yaml:ro",
-                   "--env", f"SHIPPER_METRICS_LISTEN={self.listen}",
-                   *(extra or []), image)
+            podman(
+                "run",
+                "--detach",
+                "--name",
+                self.name,
+                "--read-only",
+                "--network",
+                "host",
+                "--volume",
+                f"{logs}:/var/log/app:ro",
+                "--volume",
+                f"{self.state}:/var/lib/shipper",
+                "--volume",
+                f"{conf}:/etc/shipper/shipper.yaml:ro",
+                "--env",
+                f"SHIPPER_METRICS_LISTEN={self.listen}",
+                *(extra or []),
+                image,
+            )
         except BaseException:  # pytest.fail raises a BaseException
             self.remove()
             raise
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         """Wait until /health answers 200 on the moved port."""
+
         def up() -> bool:
             if self.inspect("{{.State.Running}}") != "true":
                 pytest.fail(f"container exited:\n{self.logs()}")
             return health(self.listen)[0] == 200
+
         wait_until(up, timeout, f"/health on {self.listen}")
 
     def inspect(self, fmt: str) -> str:
@@ -122,16 +148,16 @@ def write_lines(path: Path, prefix: str, n: int) -> list[bytes]:
 
 def test_image_keeps_its_healthcheck_and_user(image: str) -> None:
     """The docker-format image carries the HEALTHCHECK (`shipper health`) and runs as 10001."""
-    out = podman("image", "inspect", "--format",
-                 "{{json .Config.Healthcheck}}|{{.Config.User}}", image).stdout.strip()
+    out = podman(
+        "image", "inspect", "--format", "{{json .Config.Healthcheck}}|{{.Config.User}}", image
+    ).stdout.strip()
     check, user = out.split("|")
     test = json.loads(check)["Test"]
     assert test[:3] == ["CMD", "shipper", "health"], test
     assert user == "10001:10001"
 
 
-def test_lines_reach_the_broker(run_container: Any, logs: Path, kafka: Broker,
-                                topic: str) -> None:
+def test_lines_reach_the_broker(run_container: Any, logs: Path, kafka: Broker, topic: str) -> None:
     """Lines written to the mounted log dir arrive at the broker, byte for byte, in order."""
     c = run_container(topic, logs)
     c.wait_healthy()
@@ -150,14 +176,18 @@ def test_healthcheck_follows_the_moved_port(run_container: Any, logs: Path, topi
     assert not c.listen.endswith(":9108")
     res = podman("healthcheck", "run", c.name, check=False)
     if res.returncode != 0:  # podman only says "unhealthy": show what the check printed
-        check = podman("exec", c.name, "shipper", "health", "-c", "/etc/shipper/shipper.yaml",
-                       check=False)
-        pytest.fail(f"{res.stdout}{res.stderr}shipper health exited {check.returncode}: "
-                    f"{check.stdout}{check.stderr}")
+        check = podman(
+            "exec", c.name, "shipper", "health", "-c", "/etc/shipper/shipper.yaml", check=False
+        )
+        pytest.fail(
+            f"{res.stdout}{res.stderr}shipper health exited {check.returncode}: "
+            f"{check.stdout}{check.stderr}"
+        )
 
 
 def test_stop_under_a_writer_exits_0_with_a_balanced_ledger(
-        run_container: Any, logs: Path, kafka: Broker, topic: str) -> None:
+    run_container: Any, logs: Path, kafka: Broker, topic: str
+) -> None:
     """`podman stop -t 30` while lines pour in: exit 0, and the final ledger adds up."""
     c = run_container(topic, logs)
     c.wait_healthy()
@@ -222,8 +252,9 @@ def test_unlistable_log_dir_is_reported(run_container: Any, adm_logs: Path, topi
     assert (status, body.get("status")) == (200, "degraded"), body
 
 
-def test_group_add_gives_the_container_user_access(run_container: Any, adm_logs: Path,
-                                                   kafka: Broker, topic: str) -> None:
+def test_group_add_gives_the_container_user_access(
+    run_container: Any, adm_logs: Path, kafka: Broker, topic: str
+) -> None:
     """`--group-add` with the directory's gid lets the shipper list and ship it."""
     gid = adm_logs.stat().st_gid
     c = run_container(topic, adm_logs, ["--group-add", str(gid)])

@@ -100,8 +100,18 @@ def strings(node: Any) -> Iterator[str]:
 # ---- checks the schemas cannot make -----------------------------------------------------
 
 _QUANTITY = re.compile(r"^(\d+(\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T|m)?$")
-_UNITS = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
-          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+_UNITS = {
+    "": 1,
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+}
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
 
 
@@ -122,8 +132,9 @@ def size_mib(value: str | int) -> float:
     """A shipper size (``32MiB``) in MiB."""
     m = re.match(r"^(\d+)(B|KiB|MiB|GiB|KB|MB|GB)?$", str(value))
     assert m, value
-    unit = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30,
-            "KB": 1e3, "MB": 1e6, "GB": 1e9}[m.group(2) or "B"]
+    unit = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "KB": 1e3, "MB": 1e6, "GB": 1e9}[
+        m.group(2) or "B"
+    ]
     return int(m.group(1)) * unit / 2**20
 
 
@@ -196,27 +207,34 @@ def problems_in(docs: Docs) -> list[str]:
 
 MUTATIONS: dict[str, tuple[Callable[[Docs], None], str]] = {
     "undefined port name": (
-        lambda d: shipper_container(pod_spec(d))["livenessProbe"]["httpGet"].update(
-            port="metric"), "port name 'metric' is not declared"),
+        lambda d: shipper_container(pod_spec(d))["livenessProbe"]["httpGet"].update(port="metric"),
+        "port name 'metric' is not declared",
+    ),
     "mount of an undefined volume": (
         lambda d: shipper_container(pod_spec(d))["volumeMounts"][0].update(name="app-log"),
-        "'app-log' is mounted but not defined"),
+        "'app-log' is mounted but not defined",
+    ),
     "selector that misses the labels": (
         lambda d: kind(d, "Deployment")["spec"]["selector"]["matchLabels"].update(app="other"),
-        "does not match the template labels"),
+        "does not match the template labels",
+    ),
     "memory in MB": (
         lambda d: shipper_container(pod_spec(d))["resources"]["limits"].update(memory="128MB"),
-        "'128MB' is no quantity"),
+        "'128MB' is no quantity",
+    ),
     "env with value and valueFrom": (
         lambda d: shipper_container(pod_spec(d))["env"][-2].update(value="x"),
-        "needs exactly one of value, valueFrom"),
+        "needs exactly one of value, valueFrom",
+    ),
     "request above limit": (
         lambda d: shipper_container(pod_spec(d))["resources"]["requests"].update(cpu="1"),
-        "cpu request 1 exceeds limit"),
+        "cpu request 1 exceeds limit",
+    ),
 }
 
 
 # ---- offline: schemas -------------------------------------------------------------------
+
 
 def test_versions_cover_the_supported_range() -> None:
     """The bundled schemas reach from 1.29 to a current release."""
@@ -255,6 +273,7 @@ def test_native_sidecar_needs_a_recent_kubernetes() -> None:
 
 
 # ---- offline: what schemas miss -----------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", MANIFESTS)
 def test_no_problem_schemas_miss(name: str) -> None:
@@ -310,16 +329,26 @@ def test_configmap_config_passes_shipper_validate(name: str, tmp_path: Path) -> 
     every ${VAR} without a default is set there."""
     docs = load(name)
     text = kind(docs, "ConfigMap")["data"]["shipper.yaml"]
-    env = {e["name"]: e.get("value", f"sample-{e['name'].lower()}")
-           for e in shipper_container(pod_spec(docs))["env"]}
-    needed = {var for s in strings(yaml.safe_load(text))
-              for var in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", s)}
+    env = {
+        e["name"]: e.get("value", f"sample-{e['name'].lower()}")
+        for e in shipper_container(pod_spec(docs))["env"]
+    }
+    needed = {
+        var
+        for s in strings(yaml.safe_load(text))
+        for var in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", s)
+    }
     assert needed <= set(env), f"not set in the container: {sorted(needed - set(env))}"
     conf = tmp_path / "shipper.yaml"
     conf.write_text(text)
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "SHIPPER_"))}
-    res = subprocess.run([sys.executable, "-m", "shipper", "validate", "-c", str(conf)],
-                         capture_output=True, text=True, env={**clean, **env}, check=False)
+    res = subprocess.run(
+        [sys.executable, "-m", "shipper", "validate", "-c", str(conf)],
+        capture_output=True,
+        text=True,
+        env={**clean, **env},
+        check=False,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
 
 
@@ -335,11 +364,11 @@ def test_config_fits_the_pod(name: str) -> None:
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     for inp in cfg["inputs"]:
         for glob in inp["paths"]:
-            assert any(glob.startswith(p + "/") and mounts[p].get("readOnly")
-                       for p in mounts), glob
+            assert any(glob.startswith(p + "/") and mounts[p].get("readOnly") for p in mounts), glob
     registry = cfg.get("registry", {}).get("path", "/var/lib/shipper/registry.json")
-    assert any(registry.startswith(p + "/") and not m.get("readOnly")
-               for p, m in mounts.items()), registry
+    assert any(registry.startswith(p + "/") and not m.get("readOnly") for p, m in mounts.items()), (
+        registry
+    )
     conf_path = c["command"][c["command"].index("-c") + 1]
     assert os.path.dirname(conf_path) in mounts
     limit_mib = (quantity(c["resources"]["limits"]["memory"]) or 0) / 2**20
@@ -347,7 +376,8 @@ def test_config_fits_the_pod(name: str) -> None:
     assert limit_mib >= queue_mib + RUNTIME_MIB, (limit_mib, queue_mib)
     shutdown = cfg.get("shutdown", {})
     stop_budget = seconds(shutdown.get("read_idle", READ_IDLE)) + seconds(
-        shutdown.get("drain_timeout", "5s"))
+        shutdown.get("drain_timeout", "5s")
+    )
     assert spec["terminationGracePeriodSeconds"] > stop_budget + 5
 
 
@@ -394,8 +424,9 @@ done
 """
 
 
-def play_variant(docs: Docs, image: str, broker: Broker, *, topic: str, listen: str,
-                 suffix: str) -> Docs:
+def play_variant(
+    docs: Docs, image: str, broker: Broker, *, topic: str, listen: str, suffix: str
+) -> Docs:
     """The sidecar as podman 4.3 can play it here: local image, host network (for the host's
     broker), no ports, numeric probe ports, no fieldRefs it lacks, names of its own."""
     docs = copy.deepcopy(docs)
@@ -421,10 +452,14 @@ def play_variant(docs: Docs, image: str, broker: Broker, *, topic: str, listen: 
                 c[probe]["httpGet"]["port"] = port
     app = next(c for c in spec["containers"] if c["name"] == "app")
     app["command"] = ["sh", "-c", APP_SCRIPT]
-    values = {"KAFKA_BOOTSTRAP": broker.bootstrap, "SHIPPER_TOPIC": topic,
-              "SHIPPER_METRICS_LISTEN": listen,
-              # podman 4.3 resolves only metadata.name and metadata.uid
-              "KUBERNETES_NAMESPACE": "default", "KUBERNETES_NODE_NAME": "podman"}
+    values = {
+        "KAFKA_BOOTSTRAP": broker.bootstrap,
+        "SHIPPER_TOPIC": topic,
+        "SHIPPER_METRICS_LISTEN": listen,
+        # podman 4.3 resolves only metadata.name and metadata.uid
+        "KUBERNETES_NAMESPACE": "default",
+        "KUBERNETES_NODE_NAME": "podman",
+    }
     for e in shipper_container(spec)["env"]:
         if e["name"] in values:
             e.pop("valueFrom", None)
@@ -451,14 +486,16 @@ def complete_lines(path: Path) -> list[bytes]:
 
 
 @pytest.fixture(name="played", scope="module")
-def fixture_played(image: str, kafka: Broker, tmp_path_factory: pytest.TempPathFactory
-                   ) -> Iterator[Played]:
+def fixture_played(
+    image: str, kafka: Broker, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Played]:
     """Play the sidecar variant, let the app log for a while, then stop the pod under it."""
     suffix = f"-{uuid.uuid4().hex[:8]}"
     topic = f"t-play{suffix}"
     listen = f"127.0.0.1:{free_port()}"
-    docs = play_variant(load("sidecar.yaml"), image, kafka, topic=topic, listen=listen,
-                        suffix=suffix)
+    docs = play_variant(
+        load("sidecar.yaml"), image, kafka, topic=topic, listen=listen, suffix=suffix
+    )
     kube = tmp_path_factory.mktemp("kube") / "play.yaml"
     kube.write_text(yaml.safe_dump_all(docs, sort_keys=False))
     pod = f"shipper-play{suffix}-pod-0"
@@ -466,10 +503,15 @@ def fixture_played(image: str, kafka: Broker, tmp_path_factory: pytest.TempPathF
     try:
         podman("kube", "play", str(kube))
         wait_until(lambda: health(listen)[0] == 200, 60, "the shipper's /health in the pod")
-        wait_until(lambda: len(records(kafka.bootstrap, topic, timeout=2)) >= 100, 60,
-                   "the app's first 100 lines at the broker", step=0.5)
-        logs_dir = Path(podman("volume", "inspect", "--format", "{{.Mountpoint}}",
-                               volumes[0]).stdout.strip())
+        wait_until(
+            lambda: len(records(kafka.bootstrap, topic, timeout=2)) >= 100,
+            60,
+            "the app's first 100 lines at the broker",
+            step=0.5,
+        )
+        logs_dir = Path(
+            podman("volume", "inspect", "--format", "{{.Mountpoint}}", volumes[0]).stdout.strip()
+        )
         app_log = logs_dir / "app.log"
         before = complete_lines(app_log)
         started = time.monotonic()
@@ -477,8 +519,10 @@ def fixture_played(image: str, kafka: Broker, tmp_path_factory: pytest.TempPathF
         took = time.monotonic() - started
         in_file = complete_lines(app_log)
         shipped = records(kafka.bootstrap, topic, timeout=30)
-        codes = {c: podman("inspect", "--format", "{{.State.ExitCode}}",
-                           f"{pod}-{c}").stdout.strip() for c in ("app", "shipper")}
+        codes = {
+            c: podman("inspect", "--format", "{{.State.ExitCode}}", f"{pod}-{c}").stdout.strip()
+            for c in ("app", "shipper")
+        }
         res = podman("logs", f"{pod}-shipper")
         yield Played(before, in_file, shipped, codes, json_lines(res.stdout + res.stderr), took)
     finally:

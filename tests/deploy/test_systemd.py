@@ -63,9 +63,19 @@ class Machine:
         self.root = root
         self._console = console.open("wb")
         self.proc = subprocess.Popen(
-            ["systemd-nspawn", "--register=no", "--keep-unit", "--console=passive",
-             "-b", "-D", str(root)],
-            stdin=subprocess.DEVNULL, stdout=self._console, stderr=subprocess.STDOUT)
+            [
+                "systemd-nspawn",
+                "--register=no",
+                "--keep-unit",
+                "--console=passive",
+                "-b",
+                "-D",
+                str(root),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=self._console,
+            stderr=subprocess.STDOUT,
+        )
         try:
             self.pid = self._find_init()
             self._wait_booted()
@@ -93,8 +103,9 @@ class Machine:
         deadline = time.monotonic() + timeout
         state = None
         while time.monotonic() < deadline:
-            state = self.run("systemctl", "is-system-running", "--wait", check=False,
-                             timeout=timeout)
+            state = self.run(
+                "systemctl", "is-system-running", "--wait", check=False, timeout=timeout
+            )
             if state.stdout.strip() in ("running", "degraded"):
                 return
             time.sleep(0.1)
@@ -105,14 +116,32 @@ class Machine:
         self._console.flush()
         return Path(self._console.name).read_text(errors="replace")[-3000:]
 
-    def run(self, *cmd: str, check: bool = True, env: dict[str, str] | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *cmd: str, check: bool = True, env: dict[str, str] | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``cmd`` inside, as root, with a clean environment."""
         envs = [f"{k}={v}" for k, v in {"PATH": PATH, **(env or {})}.items()]
         res = subprocess.run(
-            ["nsenter", "-t", str(self.pid), "-m", "-u", "-i", "-p", "-n", "--",
-             "env", "-i", *envs, *cmd],
-            capture_output=True, text=True, timeout=timeout, check=False)
+            [
+                "nsenter",
+                "-t",
+                str(self.pid),
+                "-m",
+                "-u",
+                "-i",
+                "-p",
+                "-n",
+                "--",
+                "env",
+                "-i",
+                *envs,
+                *cmd,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
         if check and res.returncode != 0:
             pytest.fail(f"{' '.join(cmd)} exited {res.returncode}:\n{res.stdout}{res.stderr}")
         return res
@@ -128,8 +157,9 @@ class Machine:
 
     def journal(self, invocation: str) -> list[dict[str, Any]]:
         """The log events of one run of the service."""
-        out = self.run("journalctl", f"_SYSTEMD_INVOCATION_ID={invocation}", "-o", "cat",
-                       "--no-pager").stdout
+        out = self.run(
+            "journalctl", f"_SYSTEMD_INVOCATION_ID={invocation}", "-o", "cat", "--no-pager"
+        ).stdout
         return json_lines(out)
 
     def cursor(self) -> str:
@@ -185,8 +215,14 @@ class Service:
 
     def wait_running(self) -> None:
         """Wait until the service is active and /health answers 200."""
-        wait_until(lambda: self.machine.show("ActiveState")["ActiveState"] == "active"
-                   and health(self.listen)[0] == 200, 30, "shipper.service running")
+        wait_until(
+            lambda: (
+                self.machine.show("ActiveState")["ActiveState"] == "active"
+                and health(self.listen)[0] == 200
+            ),
+            30,
+            "shipper.service running",
+        )
 
 
 @pytest.fixture(name="machine", scope="module")
@@ -195,27 +231,43 @@ def fixture_machine(tmp_path_factory: pytest.TempPathFactory, kafka: Broker) -> 
     assert shutil.which("systemd-nspawn"), "systemd-nspawn is missing (Debian: systemd-container)"
     work = tmp_path_factory.mktemp("nspawn")
     root = work / "root"
-    res = subprocess.run([str(ROOT / "scripts" / "systemd-root"), str(root)],
-                         capture_output=True, text=True, timeout=900, check=False,
-                         env={**os.environ, "PYTHON": sys.executable})
+    res = subprocess.run(
+        [str(ROOT / "scripts" / "systemd-root"), str(root)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     logs = root / "var/log/app"
     logs.mkdir()
     os.chown(logs, 0, 4)  # root:adm 0750, as Debian's /var/log: the unit's adm group reads it
     logs.chmod(0o750)
-    (root / KIT.lstrip("/") / "shipper.yaml").write_text(yaml.safe_dump({
-        "inputs": [{"paths": ["/var/log/app/*.log"]}],
-        "kafka": {"bootstrap_servers": [kafka.bootstrap], "topic": "install-check"},
-        "metrics": {"listen": f"127.0.0.1:{free_port()}"},
-    }))
+    (root / KIT.lstrip("/") / "shipper.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "inputs": [{"paths": ["/var/log/app/*.log"]}],
+                "kafka": {"bootstrap_servers": [kafka.bootstrap], "topic": "install-check"},
+                "metrics": {"listen": f"127.0.0.1:{free_port()}"},
+            }
+        )
+    )
     machine = Machine(root, work / "console.log")
     try:
         script = header_install_commands(UNIT.read_text())
         install = machine.run(
-            "sh", "-exc", f"cd {KIT}\n{script}",
-            env={"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": f"{KIT}/wheels",
-                 "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
-            check=False, timeout=300)
+            "sh",
+            "-exc",
+            f"cd {KIT}\n{script}",
+            env={
+                "PIP_NO_INDEX": "1",
+                "PIP_FIND_LINKS": f"{KIT}/wheels",
+                "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+            },
+            check=False,
+            timeout=300,
+        )
         assert install.returncode == 0, f"header install failed:\n{install.stdout}{install.stderr}"
         yield machine
     finally:
@@ -295,7 +347,7 @@ def test_reload_applies_a_changed_config(machine: Machine, service: Service) -> 
     after = [b"after reload %d" % i for i in range(50)]
     service.append(after)
     got = records(service.broker.bootstrap, new_topic, expect=probes + len(after))
-    assert got[-len(after):] == after
+    assert got[-len(after) :] == after
     old = records(service.broker.bootstrap, service.topic)
     assert not set(after) & set(old)
     assert machine.main_pid() == pid
@@ -316,8 +368,9 @@ def test_sighup_does_not_end_the_service(machine: Machine, service: Service) -> 
     assert records(service.broker.bootstrap, service.topic, expect=len(lines)) == lines
 
 
-def test_stop_under_a_writer_exits_0_with_a_balanced_ledger(machine: Machine,
-                                                            service: Service) -> None:
+def test_stop_under_a_writer_exits_0_with_a_balanced_ledger(
+    machine: Machine, service: Service
+) -> None:
     """`systemctl stop` while lines pour in: exit status 0, and the last shutdown_complete
     line in the journal has a balanced ledger that matches the topic."""
     invocation = machine.show("InvocationID")["InvocationID"]
@@ -360,8 +413,12 @@ def test_invalid_config_fails_without_a_restart_loop(machine: Machine, service: 
     assert res.returncode != 0
     time.sleep(5)  # past RestartSec=2: a restart would have happened by now
     props = machine.show("ActiveState", "Result", "ExecMainStatus", "NRestarts")
-    assert props == {"ActiveState": "failed", "Result": "exit-code", "ExecMainStatus": "2",
-                     "NRestarts": "0"}, props
+    assert props == {
+        "ActiveState": "failed",
+        "Result": "exit-code",
+        "ExecMainStatus": "2",
+        "NRestarts": "0",
+    }, props
 
 
 def test_watchdog_restarts_a_hung_daemon(machine: Machine, service: Service) -> None:
@@ -378,15 +435,24 @@ def test_watchdog_restarts_a_hung_daemon(machine: Machine, service: Service) -> 
         time.sleep(7)  # two watchdog periods
         props = machine.show("ActiveState", "MainPID", "NRestarts")
         assert props == {"ActiveState": "active", "MainPID": str(pid), "NRestarts": "0"}, (
-            "the daemon did not keep the watchdog fed", props)
+            "the daemon did not keep the watchdog fed",
+            props,
+        )
         cursor = machine.cursor()
         machine.run("kill", "-STOP", str(pid))
-        wait_until(lambda: machine.main_pid() not in (0, pid)
-                   and machine.show("ActiveState")["ActiveState"] == "active",
-                   30, "a restart after the watchdog timeout", step=0.5)
+        wait_until(
+            lambda: (
+                machine.main_pid() not in (0, pid)
+                and machine.show("ActiveState")["ActiveState"] == "active"
+            ),
+            30,
+            "a restart after the watchdog timeout",
+            step=0.5,
+        )
         assert int(machine.show("NRestarts")["NRestarts"]) >= 1
-        log = machine.run("journalctl", "-u", "shipper", f"--after-cursor={cursor}",
-                          "--no-pager", "-o", "cat").stdout
+        log = machine.run(
+            "journalctl", "-u", "shipper", f"--after-cursor={cursor}", "--no-pager", "-o", "cat"
+        ).stdout
         assert "Watchdog timeout" in log
         assert "Failed with result 'watchdog'" in log
     finally:
@@ -411,14 +477,23 @@ def test_load_credential_reaches_the_service_user(machine: Machine, service: Ser
         service.wait_running()
         pid = machine.main_pid()
         environ = machine.run("cat", f"/proc/{pid}/environ").stdout.split("\0")
-        cred_dir = next(e.split("=", 1)[1] for e in environ
-                        if e.startswith("CREDENTIALS_DIRECTORY="))
+        cred_dir = next(
+            e.split("=", 1)[1] for e in environ if e.startswith("CREDENTIALS_DIRECTORY=")
+        )
         path = f"{cred_dir}/kafka-password"
-        as_shipper = machine.run("setpriv", "--reuid=shipper", "--regid=shipper",
-                                 "--clear-groups", "cat", path)
+        as_shipper = machine.run(
+            "setpriv", "--reuid=shipper", "--regid=shipper", "--clear-groups", "cat", path
+        )
         assert as_shipper.stdout == secret
-        as_nobody = machine.run("setpriv", "--reuid=nobody", "--regid=nogroup",
-                                "--clear-groups", "cat", path, check=False)
+        as_nobody = machine.run(
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "cat",
+            path,
+            check=False,
+        )
         assert as_nobody.returncode != 0
     finally:
         drop_in.unlink()
