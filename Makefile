@@ -56,6 +56,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check shipper tests bench scripts
 	$(BIN)/mypy
 
+# Ctrl-C stops the demo cleanly and make exits 0: the script takes the terminal's foreground
+# for itself, so Ctrl-C reaches it alone and make only sees its exit code.
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 

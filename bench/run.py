@@ -108,6 +108,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the unmeasured kcat pass that warms the broker before rep 1",
     )
+    p.add_argument(
+        "--format",
+        choices=["raw", "json"],
+        default="raw",
+        help="the shipper's record format (kafka.format) in the throughput and profile runs",
+    )
     p.add_argument("--out", type=Path, help="results JSON (default bench/results/latest.json)")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
     return p
@@ -142,6 +148,7 @@ def _options(ns: argparse.Namespace, tmp: Path) -> Options:
         footprint_step=step,
         footprint_settle=settle,
         footprint_rates=_rates(ns.footprint_rates),
+        record_format=ns.format,
     )
 
 
@@ -212,6 +219,7 @@ def _throughput(broker: Broker, opts: Options) -> dict[str, Any]:
         "lines": opts.lines,
         "reps": opts.reps,
         "partitions": opts.partitions,
+        "format": opts.record_format,
         "poll_s": opts.poll,
         "timeout_s": opts.timeout,
         "warmup": opts.warmup,
@@ -271,7 +279,15 @@ def _profile(broker: Broker, opts: Options) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     topic = "bench-profile"
     broker.create_topic(topic, opts.partitions)
-    spec = RunSpec(file, opts.lines, topic, opts.partitions, broker.bootstrap, opts.tmp / "profile")
+    spec = RunSpec(
+        file,
+        opts.lines,
+        topic,
+        opts.partitions,
+        broker.bootstrap,
+        opts.tmp / "profile",
+        opts.record_format,
+    )
     r = run_one("shipper", spec, broker, opts, profile_out=out)
     print(
         f"bench: profiled run: {r.status}, {r.wall_s} s (slower than unprofiled); "

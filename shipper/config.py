@@ -568,6 +568,9 @@ class Route:
     topic: str
     format: str
     fields: dict[str, str]
+    #: What the sender does with a line too long for the topic's batch limit (``truncate`` or
+    #: ``drop``, as the tailer does at ``max_line_bytes``).
+    long_lines: str = "truncate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -689,6 +692,12 @@ def _config_rules(c: Config) -> list[tuple[str, str]]:
     for i, inp in enumerate(c.inputs):
         if inp.format == "json" and c.kafka.headers:
             out.append((f"inputs[{i}].format", "json does not go with kafka.headers"))
+    name = c.kafka.key.removeprefix("field:")
+    if name != c.kafka.key and name not in c.kafka.fields:
+        # A record key must come from somewhere for every input, or its lines go unkeyed.
+        unset = [f"inputs[{i}]" for i, inp in enumerate(c.inputs) if name not in inp.fields]
+        if unset:
+            out.append(("kafka.key", f"field {name!r} is not set for {', '.join(unset)}"))
     return out
 
 
@@ -810,6 +819,7 @@ def _derive(cfg: Config, raw: Mapping[str, Any], env: Mapping[str, str], errors:
             topic=i.topic or kafka.topic,
             format=i.format or kafka.format,
             fields={**kafka.fields, **i.fields},
+            long_lines=i.long_lines,
         )
         for i in inputs
     )

@@ -39,7 +39,7 @@ class Daemon:
         self.ledger = Ledger()
         self.queue = DropQueue(cfg.queue, self.ledger)
         self.registry = Registry(cfg.registry.path, cfg.registry.reserve, cfg.registry.forget_after)
-        self.sender = KafkaSender(cfg.kafka, self.queue, self.ledger, self.log)
+        self.sender = KafkaSender(cfg.kafka, self.queue, self.ledger, self.log, cfg.routes)
         self.tailer = Tailer(
             cfg.inputs,
             cfg.tail,
@@ -64,12 +64,17 @@ class Daemon:
 
     def health(self) -> tuple[int, dict[str, Any]]:
         """HTTP status and body for /health."""
+        kafka = self.sender.health()
         doc: dict[str, Any] = {
             "status": self.state,
+            "kafka": kafka["state"],
             "kafka_connected": self.sender.connected,
+            "kafka_brokers": kafka["brokers"],
             "kafka_auth_failed": self.sender.auth_failure,
             "registry_writable": not self.tailer.degraded,
         }
+        if "error" in kafka:
+            doc["kafka_error"] = kafka["error"]
         if self.state == "running" and self.tailer.degraded:
             doc["status"] = "degraded"
         return (200 if self.state == "running" else 503), doc
@@ -98,7 +103,7 @@ class Daemon:
             "shipper_started",
             version=__version__,
             pid=os.getpid(),
-            topic=cfg.kafka.topic,
+            topics=sorted({r.topic for r in cfg.routes} or {cfg.kafka.topic}),
             bootstrap=cfg.kafka.bootstrap_servers,
             inputs=[i.paths for i in cfg.inputs],
             metrics=self.metrics.address if self.metrics else None,
@@ -127,13 +132,21 @@ class Daemon:
         )
         self.tailer.stop()
         self.sender.stop(deadline)
-        # Whatever is still queued, or held by a sender that gave up, is dropped now.
-        left = self.queue.drop_all("shutdown") + self.ledger.drop_queued("shutdown")
-        if left:
-            self.log.warning("lines_dropped", reason="shutdown", count=left)
+        # Whatever is still queued, or held by a sender that gave up, is dropped now; what is
+        # still in flight (written, no fence answered) is unconfirmed. The warnings give the
+        # ledger's own totals for the reason, so they and shutdown_complete always agree.
+        self.queue.drop_all("shutdown")
+        self.ledger.drop_queued("shutdown")
+        self.ledger.unconfirm_in_flight("shutdown")
+        snap = self.ledger.snapshot()
+        dropped = snap.dropped_lines.get("shutdown", 0)
+        unconfirmed = snap.unconfirmed_lines.get("shutdown", 0)
+        if dropped:
+            self.log.warning("lines_dropped", reason="shutdown", count=dropped)
+        if unconfirmed:
+            self.log.warning("lines_unconfirmed", reason="shutdown", count=unconfirmed)
         if self.metrics is not None:
             self.metrics.stop()
-        snap = self.ledger.snapshot()
         self.log.info(
             "shutdown_complete", seconds=round(time.monotonic() - started, 3), **snap.as_log()
         )

@@ -8,9 +8,10 @@ every line it admits or drops to the ledger in the same step that decides it.
 - ``offer`` is how the tailer paces reading while Kafka is taking lines: it admits the longest
   prefix that fits and hands back the rest, so a backlog waits in the file, not in memory;
   ``wait_for_room`` sleeps until a ``take`` frees room. The sender calls ``delivered`` each
-  time it hands lines to Kafka; when that has not happened for ``stall_timeout`` while lines
-  wait (Kafka down or stalled), the queue is *stalled*: ``offer`` then behaves like ``put``,
-  reading keeps up with the files and the overflow is dropped.
+  time Kafka confirms lines (a fence's answer); when that has not happened for
+  ``stall_timeout`` while lines wait (Kafka down or stalled), the queue is *stalled*:
+  ``offer`` then behaves like ``put``, reading keeps up with the files and the overflow is
+  dropped.
 """
 
 from __future__ import annotations
@@ -256,7 +257,7 @@ class DropQueue:
             return out
 
     def delivered(self) -> None:
-        """Note that the sender just handed lines to Kafka (the queue is not stalled)."""
+        """Note that Kafka just confirmed lines from the sender (the queue is not stalled)."""
         with self._lock:
             self._undelivered_since = time.monotonic() if self._lines else None
 

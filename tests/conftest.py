@@ -13,6 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
+
+from shipper.log import configure
 
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_LOCAL = ROOT / "scripts" / "kafka-local"
@@ -59,6 +62,17 @@ class Broker:
         subprocess.run(
             [str(KAFKA_LOCAL), "stop"], env=self._env(), check=True, capture_output=True, timeout=60
         )
+
+
+@pytest.fixture(name="quiet_logs", scope="session", autouse=True)
+def fixture_quiet_logs() -> Iterator[None]:
+    """structlog as the daemon configures it (every processor runs, at debug level), but
+    each rendered line is returned to the caller instead of printed: nothing reaches the
+    captured stdout. Tests that check log events use ``structlog.testing.capture_logs``."""
+    configure("debug", "json")
+    structlog.configure(logger_factory=structlog.ReturnLoggerFactory())
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture(name="kafka", scope="session")

@@ -117,6 +117,19 @@ def test_line_limit_follows_the_batch_size() -> None:
     assert cfg.inputs[0].max_line_bytes == 64 * 1024 - 128
 
 
+def test_key_field_must_be_set_for_every_input() -> None:
+    """key field:NAME needs NAME among the static fields of every input (global or its own)."""
+    two = MINIMAL.replace(
+        '  - paths: ["/var/log/app/*.log"]\n',
+        '  - paths: ["/var/log/app/*.log"]\n    fields: {team: a}\n  - paths: ["/b/*.log"]\n',
+    )
+    with pytest.raises(ConfigError) as info:
+        parse(two + "  key: field:team\n")
+    assert info.value.problems == ["kafka.key: field 'team' is not set for inputs[1]"]
+    cfg = parse(two + "  key: field:team\n  fields: {team: z}\n")
+    assert [r.fields["team"] for r in cfg.routes] == ["a", "z"]
+
+
 # -- hostile input: never a traceback, always 0 or 2, always fast --------------------------
 
 _scalars = st.one_of(

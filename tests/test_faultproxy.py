@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.faultproxy import FaultProxy, Mode
+from tests.support.wait import wait_until
 
 Connect = Callable[..., socket.socket]
 
@@ -121,14 +122,6 @@ def fixture_connect(proxy: FaultProxy) -> Iterator[Connect]:
     yield connect
     for sock in socks:
         sock.close()
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll ``cond`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.005)
 
 
 def exchange(
@@ -240,7 +233,7 @@ def test_half_close_passes_through_both_ways(proxy: FaultProxy, connect: Connect
     while chunk := client.recv(1024):
         got += chunk
     assert got == b"last words"
-    wait_for(lambda: proxy.stats().live == 0)
+    wait_until(lambda: proxy.stats().live == 0, 5, "no live connections", 0.005)
 
 
 def test_target_hanging_up_reaches_the_client(
@@ -252,7 +245,7 @@ def test_target_hanging_up_reaches_the_client(
     echo.hang_up()
     assert client.recv(1) == b""
     client.close()
-    wait_for(lambda: proxy.stats().live == 0)
+    wait_until(lambda: proxy.stats().live == 0, 5, "no live connections", 0.005)
 
 
 def test_unreachable_target_resets_the_client(connect: Connect) -> None:
@@ -306,7 +299,7 @@ def test_discard_reads_and_counts_everything_and_never_answers(
     proxy.set_mode("discard")
     client = connect()
     client.sendall(os.urandom(2 * MIB))
-    wait_for(lambda: proxy.stats().bytes_discarded == 2 * MIB)
+    wait_until(lambda: proxy.stats().bytes_discarded == 2 * MIB, 5, "2 MiB discarded", 0.005)
     assert_silent(client)
     assert (echo.connections, echo.received) == (0, 0)
     assert proxy.stats().bytes_forwarded == 0
@@ -321,7 +314,7 @@ def test_forward_after_discard_resets_only_connections_that_lost_bytes(
     assert exchange(intact, b"b") == b"b"
     proxy.set_mode("discard")
     lossy.sendall(b"lost")
-    wait_for(lambda: proxy.stats().bytes_discarded == 4)
+    wait_until(lambda: proxy.stats().bytes_discarded == 4, 5, "4 bytes discarded", 0.005)
     proxy.set_mode("forward")
     assert_reset(lossy)
     assert exchange(intact, b"still here") == b"still here"

@@ -30,3 +30,4 @@ class Options:
     footprint_step: float = 30.0
     footprint_settle: float = 3.0
     footprint_rates: tuple[int, ...] = (0, 100, 1_000, 10_000, 50_000)
+    record_format: str = "raw"  # the shipper's kafka.format

@@ -29,6 +29,7 @@ class RunSpec:
     partitions: int
     bootstrap: str
     workdir: Path
+    record_format: str = "raw"  # the shipper's kafka.format
 
 
 @dataclass
@@ -51,7 +52,11 @@ def shipper_config(
         metrics = {"enabled": True, "listen": f"127.0.0.1:{metrics_port}"}
     cfg: dict[str, Any] = {
         "inputs": [{"paths": [str(spec.file)], "start_at": "beginning"}],
-        "kafka": {"bootstrap_servers": spec.bootstrap.split(","), "topic": spec.topic},
+        "kafka": {
+            "bootstrap_servers": spec.bootstrap.split(","),
+            "topic": spec.topic,
+            "format": spec.record_format,
+        },
         "registry": {"path": str(spec.workdir / "registry.json")},
         "metrics": metrics,
         "log": {"level": "warning"},

@@ -103,6 +103,7 @@ def summarize(runs: list[dict[str, Any]], programs: list[str]) -> dict[str, dict
             ok = [r for r in mine if r["status"] == "dropped"]
         rss = [r["peak_rss_mib"] for r in ok if r["peak_rss_mib"] is not None]
         lps = _median([r["lines_per_s"] for r in ok])
+        metrics = [r["metrics"] for r in ok if r.get("metrics")]
         out[prog] = {
             "runs": len(mine),
             "ok": len(ok),
@@ -115,6 +116,11 @@ def summarize(runs: list[dict[str, Any]], programs: list[str]) -> dict[str, dict
             "failures": sorted({r["status"] for r in mine} - {"ok"}),
             "incomplete": incomplete and bool(ok),
         }
+        for q in ("p50", "p99"):  # the shipper's fences under load (bucket upper bounds)
+            key = f"fence_rtt_{q}_ms"
+            got = [m[key] for m in metrics if m.get(key) is not None]
+            if got:
+                out[prog][key] = _median(got)
     return out
 
 
@@ -155,6 +161,12 @@ def format_table(summary: dict[str, dict[str, Any]], rat: dict[str, float]) -> s
             rows.append(f"{key} = {v:.2f}x  ({peer}/shipper = {rat[f'{peer}/shipper']:.2f}x)")
     if not rat:
         rows.append("ratios: need an ok run of shipper and of a peer")
+    fences = summary.get("shipper", {})
+    if fences.get("fence_rtt_p50_ms") is not None:
+        rows.append(
+            f"shipper fence round trip under load (median of runs, histogram bucket bounds): "
+            f"p50 <= {fences['fence_rtt_p50_ms']} ms, p99 <= {fences.get('fence_rtt_p99_ms')} ms"
+        )
     if any(s.get("incomplete") for s in summary.values()):
         rows.append(
             "* no run delivered all N lines (queue_full drops): medians of the runs "
@@ -178,16 +190,19 @@ def format_stall(d: dict[str, Any]) -> str:
     if "skipped" in d:
         return f"stall: skipped ({d['skipped']})"
     led = d["ledger"] or {}
-    dropped = {k: v for k, v in led.get("dropped", {}).items() if v} or 0
+    dropped = {k: int(v) for k, v in led.get("dropped", {}).items() if v} or 0
+    unconfirmed = {k: int(v) for k, v in led.get("unconfirmed", {}).items() if v} or 0
     return (
         f"stall ({d['rate']:,.0f} lines/s, broker frozen {d['stall_s']:.0f} s, queue "
         f"{d['queue_max_bytes']}, {d['queue_max_lines']:,} lines): peak RSS "
         f"{d['peak_rss_mib']} MiB "
         f"({d['rss_before_stall_mib']} before the freeze; target <= "
         f"{TARGETS['peak_rss_mib']:.0f} MiB + queue bound); written {d['written']:,}, "
-        f"read {led.get('read', 0):,.0f}, sent {led.get('sent', 0):,.0f}, dropped "
-        f"{dropped}, queued {led.get('queued', 0):,.0f}; "
-        f"read == sent + dropped + queued: {d['balanced']}; at broker {d['delivered']:,}"
+        f"read {led.get('read', 0):,.0f}: confirmed {led.get('confirmed', 0):,.0f}, "
+        f"unconfirmed {unconfirmed}, dropped {dropped}, in flight "
+        f"{led.get('in_flight', 0):,.0f}, queued {led.get('queued', 0):,.0f}; balanced: "
+        f"{d['balanced']}; at broker {d['delivered']:,} (confirmed <= at broker <= confirmed "
+        f"+ unconfirmed: {d.get('bracketed')})"
     )
 
 

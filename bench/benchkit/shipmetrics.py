@@ -12,24 +12,50 @@ from prometheus_client.parser import text_string_to_metric_families
 __all__ = ["LedgerView", "healthy", "scrape"]
 
 
+_RTT = "shipper_kafka_fence_rtt_seconds"
+
+
 @dataclass(frozen=True)
 class LedgerView:
-    """The shipper's line accounting as seen on /metrics."""
+    """The shipper's line accounting as seen on /metrics, and its fence round trips."""
 
     read: float
     sent: float
     queued: float
     dropped: dict[str, float] = field(default_factory=dict)
+    confirmed: float = 0.0
+    in_flight: float = 0.0
+    unconfirmed: dict[str, float] = field(default_factory=dict)
+    fences: float = 0.0
+    #: Cumulative fence round-trip buckets: (upper bound in seconds, count at or below it).
+    fence_buckets: tuple[tuple[float, float], ...] = ()
 
     @property
     def balanced(self) -> bool:
-        """read == sent + dropped + queued."""
-        return self.read == self.sent + sum(self.dropped.values()) + self.queued
+        """read == confirmed + unconfirmed + in flight + dropped + queued."""
+        settled = self.confirmed + sum(self.unconfirmed.values()) + self.in_flight
+        return self.read == settled + sum(self.dropped.values()) + self.queued
+
+    def fence_quantile_ms(self, q: float) -> float | None:
+        """Upper bound (ms) of the histogram bucket holding quantile ``q`` of the fence round
+        trips (None without fences; inf when past the last bound)."""
+        if not self.fence_buckets or not self.fence_buckets[-1][1]:
+            return None
+        rank = q * self.fence_buckets[-1][1]
+        for bound, count in self.fence_buckets:
+            if count >= rank:
+                return round(bound * 1000, 3)
+        return float("inf")
 
     def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        del out["fence_buckets"]
         return {
-            **asdict(self),
+            **out,
             "dropped_total": sum(self.dropped.values()),
+            "unconfirmed_total": sum(self.unconfirmed.values()),
+            "fence_rtt_p50_ms": self.fence_quantile_ms(0.5),
+            "fence_rtt_p99_ms": self.fence_quantile_ms(0.99),
             "balanced": self.balanced,
         }
 
@@ -48,19 +74,30 @@ def scrape(url: str, timeout: float = 5.0) -> LedgerView | None:
     if text is None:
         return None
     values: dict[str, float] = {}
-    dropped: dict[str, float] = {}
+    by_reason: dict[str, dict[str, float]] = {
+        "shipper_lines_dropped_total": {},
+        "shipper_lines_unconfirmed_total": {},
+    }
+    buckets: list[tuple[float, float]] = []
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            if s.name == "shipper_lines_dropped_total":
+            if s.name in by_reason:
                 reason = s.labels.get("reason", "")
-                dropped[reason] = dropped.get(reason, 0.0) + s.value
+                by_reason[s.name][reason] = by_reason[s.name].get(reason, 0.0) + s.value
+            elif s.name == _RTT + "_bucket":
+                buckets.append((float(s.labels["le"]), s.value))
             elif not s.labels:
                 values[s.name] = s.value
     return LedgerView(
         values.get("shipper_lines_read_total", 0.0),
         values.get("shipper_lines_sent_total", 0.0),
         values.get("shipper_queue_lines", 0.0),
-        dropped,
+        by_reason["shipper_lines_dropped_total"],
+        confirmed=values.get("shipper_lines_confirmed_total", 0.0),
+        in_flight=values.get("shipper_lines_in_flight", 0.0),
+        unconfirmed=by_reason["shipper_lines_unconfirmed_total"],
+        fences=values.get("shipper_kafka_fences_total", 0.0),
+        fence_buckets=tuple(sorted(buckets)),
     )
 
 

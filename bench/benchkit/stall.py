@@ -78,13 +78,14 @@ def _drive(
 
 
 def _settle(sh: LiveShipper, written: int, samples: _Samples, timeout: float) -> LedgerView | None:
-    """Keep sampling until every written line is read and the queue is empty (or timeout)."""
+    """Keep sampling until every written line is read and has reached its final state
+    (queued and in flight empty), or timeout."""
     deadline = time.monotonic() + timeout
     view = scrape(sh.metrics_url)
     while time.monotonic() < deadline:
         samples.take(sh.pid)
         view = scrape(sh.metrics_url)
-        if view and view.read >= written and view.queued == 0:
+        if view and view.read >= written and view.queued == 0 and view.in_flight == 0:
             break
         time.sleep(_SAMPLE)
     return view
@@ -131,6 +132,12 @@ def _report(
         "max_sampled_rss_mib": _max_mib(samples.rss),
         "ledger": view.as_dict() if view else None,
         "balanced": view.balanced if view else None,
+        # confirmed <= at the broker <= confirmed + unconfirmed: the ledger brackets the topic.
+        "bracketed": (
+            view.confirmed <= delivered <= view.confirmed + sum(view.unconfirmed.values())
+            if view
+            else None
+        ),
         "rss_timeline_mib": _timeline(samples.rss),
     }
 
@@ -157,9 +164,12 @@ def run_stall(broker: Broker, opts: Options) -> dict[str, Any]:
             written = writer_result(writer)
         view = _settle(sh, written, samples, timeout=60)
         usage = proc_usage(sh.pid)
-    delivered = wait_total(
-        broker, topic, opts.partitions, int(view.sent) if view else written, timeout=30
-    )
+    # Every confirmed line is in the topic; unconfirmed ones may or may not be: wait for the
+    # confirmed ones, then a moment for stragglers, and count what is there.
+    want = int(view.confirmed) if view else written
+    delivered = wait_total(broker, topic, opts.partitions, want, timeout=30)
+    time.sleep(1.0)
+    delivered = broker.end_total(topic, opts.partitions) or delivered
     broker.delete_topic(topic)
     return _report(
         opts,

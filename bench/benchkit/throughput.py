@@ -263,6 +263,7 @@ def run_throughput(broker: Broker, file: Path, opts: Options) -> list[RunResult]
                 opts.partitions,
                 broker.bootstrap,
                 opts.tmp / f"run-{rep}-{program}",
+                opts.record_format,
             )
             broker.create_topic(topic, opts.partitions, TOPIC_CONFIGS)
             try:

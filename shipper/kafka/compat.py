@@ -2,19 +2,16 @@
 kafka-python touches one file; ``check`` fails loudly when an internal we rely on moved.
 
 We use kafka-python 3's own network layer (selector, connection manager, cluster metadata,
-protocol classes) to write pre-encoded record batches with acks=0, and we read a few of its
-private attributes to bound the bytes a connection holds and to restart its metadata loop.
-Our connection manager also says how each connection attempt ended (``on_connect``) and
+protocol classes) to write pre-encoded record batches with acks=0, to send fences (small
+requests whose answer confirms every produce written before them on a connection) and to
+read the topic's and brokers' size limits; and we read a few private attributes to learn
+how connection attempts end and to restart the metadata loop. Our connection manager also
 retries after an authentication failure; ``ask_metadata`` serves ``validate --connect``.
 """
 
 from __future__ import annotations
 
-import fcntl
 import gc
-import socket
-import struct
-import termios
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,9 +24,13 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", r".* is deprecated\. Use files", DeprecationWarning)
     import kafka.codec
     import kafka.errors as kerr
+    from kafka.future import Future
     from kafka.net.manager import KafkaConnectionManager
     from kafka.net.selector import NetworkSelector
     from kafka.net.transport import KafkaSSLTransport, KafkaTCPTransport
+    from kafka.partitioner.default import murmur2 as _murmur2
+    from kafka.protocol.admin import DescribeConfigsRequest
+    from kafka.protocol.consumer import ListOffsetsRequest
     from kafka.protocol.metadata import MetadataRequest
     from kafka.protocol.producer import ProduceRequest
     from kafka.structs import TopicPartition
@@ -42,36 +43,60 @@ if TYPE_CHECKING:
 __all__ = [
     "REQUEST_TIMEOUT_MS",
     "BrokerReply",
+    "Future",
     "OnConnect",
     "TopicPartition",
     "abort",
     "ask_metadata",
-    "buffered",
+    "backoff",
+    "broker_ids",
     "check",
     "codec",
+    "config_values",
+    "connect_reason",
     "connections",
+    "describe_broker",
+    "describe_topic",
+    "fence_request",
     "io_alive",
-    "kernel_outq",
+    "is_timeout",
     "kerr",
+    "leader_ready_request",
+    "murmur2",
     "new_client",
+    "partition_error",
     "produce_request",
     "restart_dead_refresh_loop",
+    "retriable",
 ]
 
 REQUEST_TIMEOUT_MS: Final = 30_000
 # Produce v3..v9 name the topic; v13 wants topic ids. v9 is what kafka-python's producer uses.
 _PRODUCE_MAX_VERSION: Final = 9
+# Requests with a response a connection may have outstanding before kafka-python pauses it.
+# Fences are bounded by max_in_flight_bytes, not by this: keep it out of their way.
+_MAX_IN_FLIGHT_REQUESTS: Final = 1000
+# DescribeConfigs resource types.
+_TOPIC: Final = 2
+_BROKER: Final = 4
 _ACL_WRITE: Final = 4  # AclOperation WRITE: its bit in a topic's authorized operations
 
-#: Called on the IO thread when a connection attempt ends: ("host:port", None) once it is
-#: ready (TLS, SASL and the version handshake done), ("host:port", exception) when it failed.
-OnConnect = Callable[[str, BaseException | None], None]
+#: Called on the IO thread when a connection attempt ends: (node id, "host:port", None) once
+#: it is ready (TLS, SASL and the version handshake done), or (..., exception) when it
+#: failed. Bootstrap connections have string node ids ("bootstrap-0").
+OnConnect = Callable[[Any, str, BaseException | None], None]
 
 
 def codec() -> ModuleType:
     """kafka-python's codec module (snappy framing, lz4 and zstd helpers)."""
     codec_module: ModuleType = kafka.codec
     return codec_module
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's default partitioner hash of ``data`` (the Java client's ``Utils.murmur2``), as
+    an unsigned 32-bit int."""
+    return int(_murmur2(data))
 
 
 class _Manager(KafkaConnectionManager):  # type: ignore[misc]  # kafka-python is untyped
@@ -92,7 +117,7 @@ class _Manager(KafkaConnectionManager):  # type: ignore[misc]  # kafka-python is
         report = self._shipper_on_connect
         fut = conn.init_future
         if report is not None and fut.is_done:
-            report(f"{node.host}:{node.port}", fut.exception)
+            report(node.node_id, f"{node.host}:{node.port}", fut.exception)
 
     def maybe_raise_auth_failure(self, node_id: Any) -> None:
         """Do not refuse: get_connection's backoff check spaces the retries instead."""
@@ -127,7 +152,8 @@ _deliver_data_before_eof(KafkaSSLTransport)
 
 def new_client(cfg: KafkaConfig, on_connect: OnConnect | None = None) -> tuple[Any, Any]:
     """Build kafka-python's selector and connection manager from our Kafka config, with
-    the connection security of ``cfg.security``."""
+    the connection security of ``cfg.security``; ``on_connect`` hears how each connection
+    attempt ends (on the IO thread)."""
     net = NetworkSelector(client_id=cfg.client_id)
     manager = _Manager(
         net,
@@ -138,6 +164,7 @@ def new_client(cfg: KafkaConfig, on_connect: OnConnect | None = None) -> tuple[A
         reconnect_backoff_max_ms=int(cfg.connect_backoff_max * 1000),
         request_timeout_ms=REQUEST_TIMEOUT_MS,
         metadata_max_age_ms=int(cfg.metadata_refresh * 1000),
+        max_in_flight_requests_per_connection=_MAX_IN_FLIGHT_REQUESTS,
         **security.options(cfg.security),
     )
     return net, manager
@@ -253,6 +280,93 @@ def produce_request(topic: str, partition: int, records: bytes) -> Any:
     )
 
 
+def fence_request() -> Any:
+    """A fence: the smallest request with a small answer (Metadata for no topic).
+
+    Kafka handles one connection's requests one at a time, in order, and closes the
+    connection when an acks=0 produce fails; so when this is answered, every produce written
+    before it on the same connection was appended by the leader.
+    """
+    return MetadataRequest(
+        topics=MetadataRequest.NO_TOPICS,
+        allow_auto_topic_creation=False,
+        include_cluster_authorized_operations=False,
+        include_topic_authorized_operations=False,
+        min_version=1,  # v0 reads an empty topic list as "every topic"
+    )
+
+
+def leader_ready_request(topic: str, partition: int) -> Any:
+    """ListOffsets (latest) for one partition: its leader answers it without an error only
+    once the partition is in its log, and a produce before then is refused (a topic just
+    created, a leader just elected, a broker still loading its logs)."""
+    part = ListOffsetsRequest.ListOffsetsTopic.ListOffsetsPartition
+    return ListOffsetsRequest(
+        replica_id=-1,
+        isolation_level=0,
+        topics=[
+            ListOffsetsRequest.ListOffsetsTopic(
+                name=topic,
+                partitions=[
+                    part(
+                        partition_index=partition,
+                        current_leader_epoch=-1,
+                        timestamp=-1,
+                        max_num_offsets=1,
+                    )
+                ],
+            )
+        ],
+        min_version=1,
+    )
+
+
+def partition_error(response: Any, topic: str, partition: int) -> BaseException | None:
+    """The error a ListOffsets answer gives for ``partition`` of ``topic`` (None: ready)."""
+    for t in response.topics:
+        if t.name != topic:
+            continue
+        for p in t.partitions:
+            if p.partition_index == partition:
+                error = kerr.for_code(p.error_code)
+                found: BaseException | None = None if error is kerr.NoError else error()
+                return found
+    missing: BaseException = kerr.UnknownTopicOrPartitionError(f"{topic}-{partition}: no answer")
+    return missing
+
+
+def describe_topic(topic: str) -> Any:
+    """DescribeConfigs for the topic's ``max.message.bytes`` (its largest record batch)."""
+    return _describe(_TOPIC, topic, "max.message.bytes")
+
+
+def describe_broker(node_id: int) -> Any:
+    """DescribeConfigs for a broker's ``message.max.bytes``; send it to that broker."""
+    return _describe(_BROKER, str(node_id), "message.max.bytes")
+
+
+def _describe(kind: int, name: str, key: str) -> Any:
+    resource = DescribeConfigsRequest.DescribeConfigsResource
+    return DescribeConfigsRequest(
+        resources=[resource(resource_type=kind, resource_name=name, configuration_keys=[key])],
+        include_synonyms=False,
+        include_documentation=False,
+    )
+
+
+def config_values(response: Any) -> dict[str, str]:
+    """The ``{name: value}`` of a DescribeConfigs answer; the resource's error is raised."""
+    out: dict[str, str] = {}
+    for result in response.results:
+        error = kerr.for_code(result.error_code)
+        if error is not kerr.NoError:
+            raise error(result.error_message or result.resource_name)
+        for entry in result.configs:
+            if entry.value is not None:
+                out[entry.name] = entry.value
+    return out
+
+
 def io_alive(net: Any) -> bool:
     """False once the selector's IO thread has died (or was never started)."""
     thread = net._io_thread
@@ -264,35 +378,56 @@ def connections(manager: Any) -> list[Any]:
     return list(manager._conns.values())
 
 
-def buffered(conn: Any) -> int:
-    """Bytes a connection holds in user space (written to it, not yet to the socket)."""
-    n = 0
-    transport = conn.transport
-    if transport is not None:
-        # kafka-python 3.0 has no get_write_buffer_size(); its transport is a deque of chunks.
-        n = sum(map(len, transport._write_buffer))
-    parser = conn.parser
-    if parser is not None and parser.bytes_to_send:
-        n += sum(map(len, parser.bytes_to_send))
-    return n
-
-
-def kernel_outq(conn: Any) -> int:
-    """Bytes in the socket's kernel send queue (Linux TIOCOUTQ); 0 when unknown."""
-    sock = getattr(conn.transport, "_sock", None)
-    if sock is None:
-        return 0
-    try:
-        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\x00\x00\x00\x00")
-    except (OSError, ValueError):
-        return 0
-    return int(struct.unpack("i", raw)[0])
+def broker_ids(cluster: Any) -> list[int]:
+    """Node ids of the brokers in the latest metadata."""
+    return [b.node_id for b in cluster.brokers()]
 
 
 def abort(conn: Any, reason: str) -> None:
     """Close a connection at once, discarding what it still holds."""
     if conn.transport is not None:
         conn.transport.abort(kerr.KafkaConnectionError(reason))
+
+
+def backoff(manager: Any, node_id: Any) -> None:
+    """Make the next connection to ``node_id`` wait (exponential backoff, as after a failed
+    connect), so a broker that stalls is not hammered."""
+    manager.update_backoff(node_id)
+
+
+def is_timeout(exc: BaseException | None) -> bool:
+    """True for kafka-python's "a request went unanswered" errors."""
+    return isinstance(exc, kerr.RequestTimedOutError | kerr.KafkaTimeoutError)
+
+
+def retriable(exc: BaseException) -> bool:
+    """True when trying again later may succeed (a network error, a timeout, a node not
+    ready); False for an answer that will not change (not authorized, not supported)."""
+    return bool(getattr(exc, "retriable", False))
+
+
+def connect_reason(exc: BaseException) -> str:
+    """Why a connection attempt failed, as one stable word: ``security.reason`` (TLS, SASL,
+    refused, unknown host, timeout, closed...), or ``not_kafka`` when bytes came back that
+    are no Kafka answer (an HTTP server, say). The one place an exception becomes a reason.
+    """
+    why = security.reason(exc)
+    if why == "connection_failed" and _not_kafka(exc):
+        return "not_kafka"
+    return why
+
+
+def _not_kafka(exc: BaseException) -> bool:
+    todo, seen = [exc], set()
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, kerr.KafkaProtocolError) or "correlation id" in str(e).lower():
+            return True
+        todo.extend(x for x in (e.__cause__, e.__context__) if x is not None)
+    return False
 
 
 def restart_dead_refresh_loop(cluster: Any) -> BaseException | None:
@@ -310,14 +445,12 @@ def restart_dead_refresh_loop(cluster: Any) -> BaseException | None:
 def check() -> None:
     """Raise AssertionError naming the first kafka-python internal that is not where we use it.
 
-    Builds a selector, a manager and a transport over a socketpair without connecting
-    anywhere, and looks for each private attribute this module reads.
+    Builds a selector and a manager without connecting anywhere, and looks for each private
+    attribute and method this module relies on.
     """
     net = NetworkSelector(client_id="shipper-check")
-    manager = KafkaConnectionManager(net, bootstrap_servers=["127.0.0.1:1"])
-    a, b = socket.socketpair()
+    manager = _Manager(net, None, bootstrap_servers=["127.0.0.1:1"])
     try:
-        transport = KafkaTCPTransport(net, a)
         wanted = (
             (
                 net,
@@ -329,6 +462,8 @@ def check() -> None:
                     "close",
                     "call_soon",
                     "call_soon_threadsafe",
+                    "call_later",
+                    "cancel",
                     "sleep",
                 ),
             ),
@@ -343,6 +478,8 @@ def check() -> None:
                     "bootstrapped",
                     "close",
                     "run",
+                    "send",
+                    "update_backoff",
                     "wait_for",
                 ),
             ),
@@ -353,11 +490,13 @@ def check() -> None:
                     "request_update",
                     "add_topic",
                     "add_listener",
+                    "brokers",
+                    "broker_metadata",
                     "partitions_for_topic",
                     "leader_for_partition",
                 ),
             ),
-            (transport, ("_write_buffer", "_sock", "_sock_recv", "abort", "is_closing")),
+            (KafkaTCPTransport, ("_sock_recv", "abort", "is_closing")),
             (KafkaSSLTransport, ("_sock_recv",)),
         )
         for obj, names in wanted:
@@ -366,10 +505,14 @@ def check() -> None:
                 assert hasattr(obj, name), f"kafka-python moved {owner.__name__}.{name}"
         assert hasattr(ProduceRequest, "TopicProduceData"), "ProduceRequest layout changed"
         assert hasattr(MetadataRequest, "MetadataRequestTopic"), "MetadataRequest layout changed"
+        assert hasattr(DescribeConfigsRequest, "DescribeConfigsResource"), (
+            "DescribeConfigsRequest layout changed"
+        )
+        assert hasattr(ListOffsetsRequest.ListOffsetsTopic, "ListOffsetsPartition"), (
+            "ListOffsetsRequest layout changed"
+        )
         for cls in (KafkaTCPTransport, KafkaSSLTransport):
             assert getattr(cls._sock_recv, "_shipper_eof_first", False), "recv fix not applied"
     finally:
         manager.close()
         net.close()
-        a.close()
-        b.close()

@@ -155,6 +155,7 @@ class Tailer:
                     self._rescan()
                     self._initial = False
                     self.rescans += 1
+                    self._ledger.event("tail_rescans")
                     next_rescan = now + cfg.rescan_interval
                 changed = self._changes.drain()
                 poll = now >= next_poll
@@ -165,6 +166,7 @@ class Tailer:
                 if poll:
                     self._housekeeping(now)
                     self.polls += 1
+                    self._ledger.event("tail_polls")
             except Exception as exc:  # noqa: BLE001  # the thread must not die: log, count, go on
                 self._ledger.event("tailer_errors")
                 self._log.exception("tailer_error", error=str(exc))

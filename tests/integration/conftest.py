@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from tests.conftest import Broker, free_port
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -65,18 +66,18 @@ class Shipper:
             raise
 
     def wait_http(self, timeout: float = 20.0) -> None:
-        """Wait until /health answers 200 (the daemon is running)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """Wait until /health answers (the daemon is running)."""
+
+        def answers() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"shipper exited {self.proc.returncode}:\n{self.logs()}")
             try:
                 urllib.request.urlopen(self.metrics_url + "/health", timeout=1).close()
             except OSError:  # not listening yet, or 503 while starting
-                time.sleep(0.05)
-                continue
-            return
-        raise AssertionError(f"shipper did not answer on {self.metrics_url}\n{self.logs()}")
+                return False
+            return True
+
+        wait_until(answers, timeout, f"shipper on {self.metrics_url}", 0.05, self.logs)
 
     def health(self) -> tuple[int, dict[str, Any]]:
         """Status code and JSON body of /health."""
@@ -105,15 +106,35 @@ class Shipper:
     def wait_for(
         self, pred: Callable[[dict[str, Any]], bool], timeout: float = 60.0, what: str = "condition"
     ) -> dict[str, Any]:
-        """Poll the ledger until ``pred`` holds."""
-        deadline = time.monotonic() + timeout
-        led: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            led = self.ledger()
-            if pred(led):
-                return led
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what}; ledger={led}\n{self.logs()[-3000:]}")
+        """Poll the ledger until ``pred`` holds; return that ledger."""
+        last: dict[str, Any] = {}
+
+        def check() -> dict[str, Any] | None:
+            last.update(self.ledger())
+            return dict(last) if pred(last) else None
+
+        got = wait_until(check, timeout, what, 0.1, lambda: f"ledger={last}\n{self.logs()[-3000:]}")
+        assert got is not None
+        return got
+
+    def rounds(self, polls: int = 3, rescans: int = 0, timeout: float = 60.0) -> dict[str, Any]:
+        """Wait until the tailer has looked at every open file ``polls`` more times and
+        expanded the globs ``rescans`` more times; return the ledger then.
+
+        This is how a test waits for "nothing more arrives": after that much work, anything
+        the tailer would wrongly read (again) has been read.
+        """
+        events = self.ledger()["events"]
+        want_polls = events.get("tail_polls", 0) + polls
+        want_rescans = events.get("tail_rescans", 0) + rescans
+        return self.wait_for(
+            lambda led: (
+                led["events"].get("tail_polls", 0) >= want_polls
+                and led["events"].get("tail_rescans", 0) >= want_rescans
+            ),
+            timeout,
+            f"{polls} more polls and {rescans} more rescans",
+        )
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         """Signal the process and wait for it; return its exit code."""

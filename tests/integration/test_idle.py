@@ -30,9 +30,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def idle_share(s: Shipper, settle: float = 3.0) -> float:
-    """The share of one core ``s`` uses over WINDOW seconds, after ``settle`` seconds."""
-    time.sleep(settle)  # start-up work (imports, bootstrap) is not idling
+def idle_share(s: Shipper, polls: int = 20, rescans: int = 2) -> float:
+    """The share of one core ``s`` uses over WINDOW seconds, once its tailer has done
+    ``polls`` more polls and ``rescans`` more rescans (start-up work is not idling)."""
+    s.rounds(polls=polls, rescans=rescans)
     c0, t0 = cpu_seconds(s.proc.pid), time.monotonic()
     time.sleep(WINDOW)  # the measurement window itself
     return (cpu_seconds(s.proc.pid) - c0) / (time.monotonic() - t0)
@@ -111,6 +112,6 @@ def test_idle_with_the_broker_frozen(  # noqa: PLR0917  # pytest passes fixtures
     append(empty_log, [b"before the freeze"])
     s.wait_for(lambda led: led["sent"] == 1, 30, "the line shipped")
     frozen()
-    share = idle_share(s, settle=1.0)
+    share = idle_share(s, polls=10, rescans=0)
     assert share < MAX_SHARE, f"{share:.1%} of a core at idle"
     assert s.stop() == 0

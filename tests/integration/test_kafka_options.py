@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,7 +10,8 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from tests.conftest import Broker
 from tests.integration.conftest import Shipper, append, base_config
-from tests.support.readback import read_topic
+from tests.support.readback import end_offsets, read_topic
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -19,12 +19,18 @@ Start = Callable[..., Shipper]
 
 
 def create_topic(broker: Broker, topic: str, partitions: int) -> None:
+    """Create ``topic`` and wait until the broker's metadata shows all its partitions."""
     admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
     try:
         admin.create_topics([NewTopic(topic, partitions, 1)])
     finally:
         admin.close()
-    time.sleep(0.5)  # let metadata settle
+    wait_until(
+        lambda: len(end_offsets(broker.bootstrap, topic)) == partitions,
+        30,
+        f"{partitions} partitions of {topic} in the metadata",
+        interval=0.1,
+    )
 
 
 def ship(

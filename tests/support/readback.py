@@ -8,8 +8,11 @@ import warnings
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
 
-__all__ = ["collect_stray_sockets", "end_offsets", "read_topic"]
+from tests.support.wait import wait_until
+
+__all__ = ["collect_stray_sockets", "end_offsets", "read_records", "read_topic"]
 
 
 def _consumer(bootstrap: str, options: dict[str, Any] | None = None) -> KafkaConsumer:
@@ -43,14 +46,12 @@ def _close(c: KafkaConsumer) -> None:
 
 
 def _partitions(c: KafkaConsumer, topic: str, timeout: float) -> list[TopicPartition]:
-    deadline = time.monotonic() + timeout
-    while True:
-        parts = c.partitions_for_topic(topic)
-        if parts:
-            return [TopicPartition(topic, p) for p in sorted(parts)]
-        if time.monotonic() > deadline:
-            return []
-        time.sleep(0.2)
+    """The partitions of ``topic`` once the metadata knows it; none after ``timeout``."""
+    try:
+        parts = wait_until(lambda: c.partitions_for_topic(topic), timeout, topic, 0.2)
+    except AssertionError:  # no such topic (yet): the caller reads nothing
+        return []
+    return [TopicPartition(topic, p) for p in sorted(parts)]
 
 
 def end_offsets(bootstrap: str, topic: str, timeout: float = 10.0) -> dict[int, int]:
@@ -79,10 +80,26 @@ def read_topic(
     have arrived, waiting up to ``timeout``). ``options`` are more KafkaConsumer settings
     (a secured broker's ``security_protocol``, ``ssl_context``, ``sasl_*``).
     """
+    return {
+        p: [r.value for r in recs]
+        for p, recs in read_records(bootstrap, topic, timeout, expect, options=options).items()
+    }
+
+
+def read_records(
+    bootstrap: str,
+    topic: str,
+    timeout: float = 30.0,
+    expect: int | None = None,
+    *,
+    options: dict[str, Any] | None = None,
+) -> dict[int, list[ConsumerRecord]]:
+    """Return every record of ``topic`` (key, value, headers, timestamp...) by partition,
+    in offset order, read as ``read_topic`` reads."""
     c = _consumer(bootstrap, options)
     try:
         tps = _partitions(c, topic, timeout)
-        out: dict[int, list[bytes]] = {tp.partition: [] for tp in tps}
+        out: dict[int, list[ConsumerRecord]] = {tp.partition: [] for tp in tps}
         if not tps:
             return out
         c.assign(tps)
@@ -97,7 +114,7 @@ def read_topic(
             elif total >= expect:
                 break
             for tp, recs in c.poll(timeout_ms=500, max_records=100_000).items():
-                out[tp.partition].extend(r.value for r in recs)
+                out[tp.partition].extend(recs)
         return out
     finally:
         _close(c)
