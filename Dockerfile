@@ -1,17 +1,30 @@
 # syntax=docker/dockerfile:1
 # shipper: log-shipping sidecar that tails files into Kafka.
 #
-#   docker build -t shipper .
-#   docker run --rm -v /var/log:/var/log:ro -v shipper-state:/var/lib/shipper shipper
+#   docker build -t shipper .                      # or: podman build --format docker -t shipper .
+#   docker build --build-arg SHIPPER_EXTRAS=zstd,lz4 -t shipper .   # add compression codecs
+#   docker run --rm -v /var/log/app:/var/log/app:ro -v shipper-state:/var/lib/shipper \
+#       --group-add "$(stat -c %g /var/log/app)" -e KAFKA_BOOTSTRAP=kafka:9092 shipper
 #
 # Mount the logs to tail read-only, and a volume on /var/lib/shipper so the registry
 # (file positions) survives restarts. Mount your own config over /etc/shipper/shipper.yaml.
+# The process runs as uid 10001 (group 10001): it must be able to list the log directories
+# and read the files, so add the group that owns them with --group-add (Kubernetes:
+# securityContext.supplementalGroups). A directory it cannot list is reported, not shipped.
 # The example config listens on $SHIPPER_METRICS_LISTEN (0.0.0.0:9108 in this image).
+#
+# Podman keeps HEALTHCHECK only with --format docker (the OCI format drops it).
+# BASE_IMAGE lets a machine without a registry build on a local Debian image instead
+# (scripts/base-image); SHIPPER_EXTRAS names optional extras (zstd, lz4, snappy, all-codecs):
+# gzip is always there, and a config naming a codec that is not installed fails validation.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 # ---- builder: wheels for shipper and every dependency --------------------------------
-FROM python:3.11-slim-bookworm AS builder
+FROM ${BASE_IMAGE} AS builder
+ARG SHIPPER_EXTRAS=""
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
     PYTHONDONTWRITEBYTECODE=1
 
 WORKDIR /src
@@ -19,15 +32,17 @@ COPY pyproject.toml README.md ./
 COPY shipper ./shipper
 # `pip wheel .` builds from the local tree and resolves the version ranges declared in
 # pyproject.toml, so there is no bare package name for DL3013 to pin here.
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".${SHIPPER_EXTRAS:+[$SHIPPER_EXTRAS]}"
 
 # ---- runtime -------------------------------------------------------------------------
-FROM python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
+ARG SHIPPER_EXTRAS=""
 
 # The example config reads these; listen on all interfaces so Prometheus can scrape.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
     SHIPPER_METRICS_LISTEN=0.0.0.0:9108
 
 # A fixed uid/gid so volume ownership is predictable across hosts and rebuilds.
@@ -38,8 +53,11 @@ RUN groupadd --system --gid 10001 shipper \
  && install -d -m 0755 /etc/shipper
 
 # Install offline from the builder's wheels only; the wheel directory never becomes a layer.
+# The wheel is named by its path (with the extras appended), so nothing is resolved by name.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links=/wheels /wheels/shipper-*.whl \
+    wheel="$(basename /wheels/shipper-*.whl)" \
+ && pip install --no-cache-dir --no-index --find-links=/wheels \
+        "/wheels/${wheel}${SHIPPER_EXTRAS:+[$SHIPPER_EXTRAS]}" \
  && shipper --version
 
 COPY --chown=root:root --chmod=0644 config/shipper.yaml /etc/shipper/shipper.yaml
@@ -51,11 +69,14 @@ VOLUME ["/var/lib/shipper"]
 
 EXPOSE 9108
 
-# /health answers 200 when healthy and 503 otherwise; urlopen raises on anything but 2xx.
+# `shipper health` GETs /health on the address the config listens on (metrics.listen, which
+# the example config takes from SHIPPER_METRICS_LISTEN; 0.0.0.0 is asked on 127.0.0.1) and
+# exits 0 on 200, 1 otherwise. So moving the port moves the check with it.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9108/health', timeout=4)"]
+    CMD ["shipper", "health", "-c", "/etc/shipper/shipper.yaml"]
 
-# SIGTERM starts a drain (shutdown.drain_timeout, 5s by default); give `docker stop`
-# a longer --time / stop_grace_period than that.
+# SIGTERM starts the stop: reading goes on until the files are idle (shutdown.read_idle),
+# then the queue drains (shutdown.drain_timeout); give `docker stop` a longer --time
+# (Kubernetes: terminationGracePeriodSeconds) than the two together.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["shipper", "run", "-c", "/etc/shipper/shipper.yaml"]

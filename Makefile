@@ -6,11 +6,12 @@ STAMP  := $(VENV)/.installed
 KAFKA_PORT ?= 9092
 export KAFKA_PORT
 
-.PHONY: help venv test test-fast lint demo bench kafka-up kafka-down clean
+.PHONY: help venv test test-fast test-deploy lint demo bench kafka-up kafka-down clean
 
 help:
 	@echo "make demo        local Kafka + shipper on sample logs (Ctrl-C stops all)"
 	@echo "make test        create .venv, install, run the whole suite against a real broker"
+	@echo "make test-deploy build and run the image, play the pod, boot the unit (root)"
 	@echo "make lint        ruff + mypy --strict"
 	@echo "make bench       throughput/latency/stall benchmarks beside kcat and rsyslog"
 	@echo "make kafka-up    start a local single-node Kafka (KRaft) on 127.0.0.1:$(KAFKA_PORT)"
@@ -19,7 +20,7 @@ help:
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,dev]'
+	$(BIN)/python -m pip install -q -e '.[test,dev,all-codecs]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -32,6 +33,20 @@ test: $(STAMP)
 	$(BIN)/mypy
 	scripts/kafka-local fetch --security >/dev/null
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The image under podman, the Kubernetes manifests (offline schemas, then podman kube play)
+# and the systemd unit booted under systemd-nspawn, against the session's broker. Needs
+# root; installs the Debian packages it lacks. Base root filesystems are cached in .cache/.
+DEPLOY_STAMP := $(VENV)/.installed-deploy
+
+$(DEPLOY_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[test,dev,all-codecs,deploy]'
+	touch $(DEPLOY_STAMP)
+
+test-deploy: $(DEPLOY_STAMP)
+	scripts/deploy-packages
+	scripts/kafka-local fetch >/dev/null
+	$(BIN)/python -m pytest tests/deploy $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not kafka and not slow" $(PYTEST_ARGS)
