@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import subprocess
 import sys
@@ -152,3 +153,10 @@ def test_config_values_raise_the_resources_error() -> None:
     )
     with pytest.raises(compat.kerr.TopicAuthorizationFailedError):
         compat.config_values(denied)
+
+
+def test_kafka_python_logs_only_where_we_route_them() -> None:
+    """kafka-python's package __init__ is skipped, so its NullHandler is added by us: its
+    warnings never reach stderr through logging's last-resort handler."""
+    handlers = logging.getLogger("kafka").handlers
+    assert any(isinstance(h, logging.NullHandler) for h in handlers)

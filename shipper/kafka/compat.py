@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import logging
 import struct
 import warnings
 from collections.abc import Callable
@@ -32,6 +33,9 @@ with warnings.catch_warnings():
     # (deprecated since Python 3.11) at import: keep that out of logs and -W error runs.
     warnings.filterwarnings("ignore", r".* is deprecated\. Use files", DeprecationWarning)
     partial.package("kafka")
+    # What kafka-python's __init__ does first: without a handler of its own, its warnings
+    # ("Bootstrap failed: ...") would reach stderr through logging's last-resort handler.
+    logging.getLogger("kafka").addHandler(logging.NullHandler())
     partial.package("kafka.net")
     partial.package("kafka.protocol")
     partial.package("kafka.protocol.admin", "groups", "configs")
