@@ -19,7 +19,7 @@
 # gzip is always there, and a config naming a codec that is not installed fails validation.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
-# ---- builder: wheels for shipper and every dependency --------------------------------
+# ---- builder: shipper and every dependency, installed under /install ------------------
 FROM ${BASE_IMAGE} AS builder
 ARG SHIPPER_EXTRAS=""
 
@@ -32,17 +32,19 @@ COPY pyproject.toml README.md ./
 COPY shipper ./shipper
 # `pip wheel .` builds from the local tree and resolves the version ranges declared in
 # pyproject.toml, so there is no bare package name for DL3013 to pin here.
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".${SHIPPER_EXTRAS:+[$SHIPPER_EXTRAS]}"
+# Then install offline from those wheels only, under /install (the runtime's own paths
+# below it); the wheel is named by its path, so nothing is resolved by name.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".${SHIPPER_EXTRAS:+[$SHIPPER_EXTRAS]}" \
+ && wheel="$(basename /wheels/shipper-*.whl)" \
+ && pip install --no-cache-dir --no-index --find-links=/wheels --root /install \
+        --no-warn-script-location "/wheels/${wheel}${SHIPPER_EXTRAS:+[$SHIPPER_EXTRAS]}"
 
 # ---- runtime -------------------------------------------------------------------------
 FROM ${BASE_IMAGE}
-ARG SHIPPER_EXTRAS=""
 
 # The example config reads these; listen on all interfaces so Prometheus can scrape.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_ROOT_USER_ACTION=ignore \
     SHIPPER_METRICS_LISTEN=0.0.0.0:9108
 
 # A fixed uid/gid so volume ownership is predictable across hosts and rebuilds.
@@ -52,13 +54,11 @@ RUN groupadd --system --gid 10001 shipper \
  && install -d -o shipper -g shipper -m 0750 /var/lib/shipper \
  && install -d -m 0755 /etc/shipper
 
-# Install offline from the builder's wheels only; the wheel directory never becomes a layer.
-# The wheel is named by its path (with the extras appended), so nothing is resolved by name.
-RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    wheel="$(basename /wheels/shipper-*.whl)" \
- && pip install --no-cache-dir --no-index --find-links=/wheels \
-        "/wheels/${wheel}${SHIPPER_EXTRAS:+[$SHIPPER_EXTRAS]}" \
- && shipper --version
+# The installed files only (no wheels, no pip cache). A COPY is cached by its content, so
+# a changed tree always gives a new layer (a RUN that bind-mounts the builder's output can
+# be served from the cache by buildah with the old code).
+COPY --from=builder /install/ /
+RUN shipper --version
 
 COPY --chown=root:root --chmod=0644 config/shipper.yaml /etc/shipper/shipper.yaml
 
