@@ -294,9 +294,12 @@ def test_sigterm_drains_to_kafka_while_files_grow(run: MakeRun, logs: Path, kafk
     assert done["lines_read"] == done["lines_sent"] > 0
     assert done["dropped"] == {}
     topic = r.cfg["kafka"]["topic"]
+    # acks=0: the topic holds every confirmed line, and at most every line written (a line
+    # left unconfirmed, e.g. by a stall under load, may or may not have arrived).
     wait_until(
-        lambda: sum(end_offsets(kafka.bootstrap, topic).values()) == done["lines_sent"],
+        lambda: sum(end_offsets(kafka.bootstrap, topic).values()) >= done["lines_confirmed"],
         30,
-        "the topic to hold every line sent",
+        "the topic to hold every confirmed line",
     )
+    assert sum(end_offsets(kafka.bootstrap, topic).values()) <= done["lines_sent"]
     assert r.err.read_text() == ""
