@@ -286,6 +286,25 @@ def test_copy_in_progress_waits_for_the_truncation(
     assert events(ledger) == {"copy_resumed": 1}
 
 
+def test_copy_of_a_file_truncated_and_rewritten_past_where_we_were_waits(
+    tmp_path: Path, ledger: Ledger, warn: Warnings, readers: list[FileReader], new_file: NewFiles
+) -> None:
+    """When reading lags, copytruncate's copy may be found after the original was truncated
+    and written past where we were, before the tailer saw the truncation: the copy starts
+    like what we were reading, the original no longer does. It waits for the truncation
+    and is then read from where reading stopped, never from its start."""
+    content = log_bytes(b"app", 2000)
+    c = Copies(5.0, ledger, warn)
+    r = open_reader(readers, ledger, tmp_path / "app.log", content, HEAD, copies=c)
+    # New content, longer than what the original held: no size tells it was truncated.
+    Path(r.path).write_bytes(log_bytes(b"new", 3000))
+    copy = new_file("app.log.1", content)
+    assert match(c, copy) == DEFER
+    c.truncated(r.entry.fp_len, r.entry.fp, offset=len(content), unread=0)
+    assert match(c, copy) == len(content)
+    assert events(ledger) == {"copy_resumed": 1}
+
+
 def test_copy_skipped_after_rotate_wait(
     tmp_path: Path, ledger: Ledger, warn: Warnings, readers: list[FileReader], new_file: NewFiles
 ) -> None:

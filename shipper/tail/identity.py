@@ -82,6 +82,14 @@ def same_tail(fd_a: int, fd_b: int, size: int, window: int = 4096) -> bool:
         return False
 
 
+def _starts_as(fd: int, fp_len: int, fp: str) -> bool:
+    """True when the file on ``fd`` still starts with the bytes fingerprinted ``fp``."""
+    try:
+        return fingerprint(os.pread(fd, fp_len, 0)) == fp
+    except OSError:
+        return True  # no evidence that it changed
+
+
 def is_copy_of(fd: int, size: int, head: bytes, of_fd: int, of_size: int) -> bool:
     """True when the file on ``fd`` (``size`` bytes starting with ``head``) holds what the
     file on ``of_fd`` holds in its first ``size`` bytes: the same beginning, no longer, and
@@ -238,13 +246,15 @@ class Copies:
                 continue
             e = r.entry
             if (
-                of_size < max(r.read_off, r.size_seen)
-                and comparable(e.fp_len, len(head))
+                comparable(e.fp_len, len(head))
                 and fingerprint(head[: e.fp_len]) == e.fp
+                and (of_size < max(r.read_off, r.size_seen) or not _starts_as(r.fd, e.fp_len, e.fp))
             ):
                 # It starts like what ``r`` held before a truncation we have not handled
-                # yet: the truncation turns it into a known orphan in a moment. Should that
-                # not come, it is still the old content of a file we read: never read twice.
+                # yet (``r`` is shorter than what we saw of it, or already holds other
+                # bytes: truncated and written past where we were, when we lag): the
+                # truncation turns it into a known orphan in a moment. Should that not
+                # come, it is still the old content of a file we read: never read twice.
                 copy = True
             else:
                 # A copy of a file we are reading (copytruncate's first step): wait for the

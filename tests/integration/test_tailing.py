@@ -368,6 +368,44 @@ def test_rotated_file_deleted_while_lagging(
     assert s.stop() == 0
 
 
+@needs_logrotate
+def test_copytruncate_while_lagging_never_twice(
+    kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start
+) -> None:
+    """The shipper lags (SIGSTOP) while logrotate copies and truncates the file and the app
+    writes more than the file held: when it runs again, the copy starts like what it was
+    reading and the original no longer does. The copy is read from where reading stopped
+    (nothing of it twice, the lines written after our position once), the new content
+    from its start."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    log = logs / "app.log"
+    n = 2000
+    append(log, [numbered(b"old", i) for i in range(n)])
+    s = start_shipper(rotation_config(kafka, topic, tmp_path, logs))
+    s.wait_for(lambda led: led["sent"] == n, 30, "the first lines")
+    rot = Logrotate(log, tmp_path, "copytruncate")
+    s.proc.send_signal(signal.SIGSTOP)  # from here on the shipper has seen nothing
+    try:
+        append(log, [numbered(b"old", i) for i in range(n, 2 * n)])  # unread when copied
+        assert LOGROTATE is not None
+        subprocess.run([LOGROTATE, "-f", "-s", str(rot.state), str(rot.conf)], check=True)
+        assert (logs / "app.log.1").stat().st_size > 0
+        assert log.stat().st_size == 0
+        append(log, [numbered(b"new", i) for i in range(3 * n)])  # past where we were
+    finally:
+        s.proc.send_signal(signal.SIGCONT)
+    led = settle(s, 5 * n)
+    records = topic_records(kafka, topic, led["sent"])
+    old, new = audit(records, b"old", 2 * n), audit(records, b"new", 3 * n)
+    print(f"[copytruncate while lagging] old: {old.figures()} new: {new.figures()}")
+    assert (old.duplicates, old.missing, old.foreign) == (0, [], [])
+    assert (new.duplicates, new.missing, new.foreign) == (0, [], [])
+    assert led["events"].get("copy_resumed") == 1
+    assert led["events"].get("files_truncated") == 1
+    assert s.stop() == 0
+
+
 # -- 4: identity: truncate-then-rewrite and inode reuse -----------------------------------------
 def test_truncate_then_rewrite_past_old_offset(
     kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start
