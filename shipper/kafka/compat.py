@@ -296,16 +296,8 @@ def ask_metadata(cfg: KafkaConfig, address: str, topic: str, timeout: float) -> 
 
 def _drop_frames(exc: BaseException) -> None:
     """Drop the tracebacks of ``exc`` and what it carries: their frames hold sockets."""
-    todo, seen = [exc], set()
-    while todo:
-        e = todo.pop()
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
+    for e in security.exception_chain(exc):
         e.__traceback__ = None
-        todo.extend(
-            x for x in (e.__cause__, e.__context__, *e.args) if isinstance(x, BaseException)
-        )
 
 
 def _read_metadata(response: Any, topic: str, reply: BrokerReply) -> None:
@@ -564,16 +556,10 @@ def connect_reason(exc: BaseException) -> str:
 
 
 def _not_kafka(exc: BaseException) -> bool:
-    todo, seen = [exc], set()
-    while todo:
-        e = todo.pop()
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, kerr.KafkaProtocolError) or "correlation id" in str(e).lower():
-            return True
-        todo.extend(x for x in (e.__cause__, e.__context__) if x is not None)
-    return False
+    return any(
+        isinstance(e, kerr.KafkaProtocolError) or "correlation id" in str(e).lower()
+        for e in security.exception_chain(exc)
+    )
 
 
 def restart_dead_refresh_loop(cluster: Any) -> BaseException | None:

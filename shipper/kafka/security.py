@@ -23,6 +23,7 @@ __all__ = [
     "AUTH_REASONS",
     "REASONS",
     "describe",
+    "exception_chain",
     "options",
     "reason",
     "tls_context",
@@ -245,7 +246,7 @@ def reason(exc: BaseException) -> str:
     """
     from shipper.kafka.compat import kerr  # noqa: PLC0415  # kafka-python is loaded by now
 
-    chain = list(_chain(exc))
+    chain = list(exception_chain(exc))
     handshake = any("Handshake failed" in str(e) for e in chain)
     for judge in (_certificate, _kafka_code, _tls, _socket):
         for e in chain:
@@ -302,9 +303,10 @@ def _looks_like_tls(size: int) -> bool:
     return 20 <= first <= 23 and major == 3
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
     """The exception, what caused it, and exceptions it carries as arguments (kafka-python
-    wraps socket errors as ``KafkaConnectionError(error)``), each once."""
+    wraps socket errors as ``KafkaConnectionError(error)``), each once, at most 16. The one
+    walk over an error's chain: reasons, ``not_kafka`` and dropping frames all use it."""
     seen: set[int] = set()
     todo = [exc]
     while todo and len(seen) < 16:
