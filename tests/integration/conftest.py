@@ -5,20 +5,24 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.conftest import Broker, free_port
+from tests.conftest import KAFKA_LOCAL, Broker, free_port
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.kafka
@@ -230,6 +234,10 @@ def base_config(
     return cfg
 
 
+#: What the ``start_shipper`` fixture gives: start a shipper process on a config.
+Start = Callable[..., Shipper]
+
+
 @pytest.fixture(name="start_shipper")
 def fixture_start_shipper(tmp_path: Path) -> Iterator[Callable[..., Shipper]]:
     """Factory that starts shippers and makes sure they are gone after the test."""
@@ -269,3 +277,72 @@ def final_balances(final: dict[str, Any]) -> bool:
         and final["lines_read"]
         == final["lines_sent"] + final["lines_dropped"] + final["lines_queued"]
     )
+
+
+# -- the secured broker ------------------------------------------------------------------------
+# Settings of the caller's shell that would change the shape of the secured broker.
+_SHAPE_VARS = (
+    "KAFKA_NODES",
+    "KAFKA_FAULT_PORT",
+    "KAFKA_CONTROLLER_PORT",
+    "KAFKA_SASL_SSL_PORT",
+    "KAFKA_SSL_PORT",
+    "KAFKA_SASL_PLAINTEXT_PORT",
+    "KAFKA_BOOTSTRAP",
+)
+
+
+@dataclass(frozen=True)
+class Secure:
+    """The secured broker's addresses and files: ``kafka-local env``'s KEY=VALUE lines, and
+    each as an attribute (``ca_file`` is ``KAFKA_CA_FILE``)."""
+
+    env: dict[str, str]
+
+    def __getattr__(self, name: str) -> str:
+        return self.env[f"KAFKA_{name.upper()}"]
+
+    def secret(self, name: str) -> str:
+        """The content of the secret file ``KAFKA_<NAME>``."""
+        return Path(self.env[f"KAFKA_{name.upper()}"]).read_text(encoding="utf-8").strip()
+
+    @property
+    def plaintext_by_name(self) -> str:
+        """The plaintext listener, reached as localhost (the name the certificate has)."""
+        return "localhost:" + self.bootstrap.rsplit(":", 1)[1]
+
+
+@pytest.fixture(name="secure", scope="session")
+def fixture_secure() -> Iterator[Secure]:
+    """A broker of our own with the SASL_SSL, SSL (mTLS) and SASL_PLAINTEXT listeners
+    (``scripts/kafka-local`` with ``KAFKA_SECURITY=1``): started by the first test that needs
+    it, shared by the rest of the session (a start costs about 20 s)."""
+    home = Path(tempfile.mkdtemp(prefix="shipper-kafka-sec-"))
+    env = {k: v for k, v in os.environ.items() if k not in _SHAPE_VARS}
+    env.update(KAFKA_HOME_DIR=str(home), KAFKA_PORT=str(free_port()), KAFKA_SECURITY="1")
+
+    def script(*args: str, timeout: float) -> str:
+        proc = subprocess.run(
+            [str(KAFKA_LOCAL), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if proc.returncode != 0:
+            pytest.fail(f"kafka-local {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
+        return proc.stdout
+
+    try:
+        script("start", timeout=240)
+        yield Secure(dict(line.split("=", 1) for line in shlex.split(script("env", timeout=30))))
+    finally:
+        subprocess.run(
+            [str(KAFKA_LOCAL), "stop", "--purge"],
+            env=env,
+            capture_output=True,
+            timeout=90,
+            check=False,
+        )
+        shutil.rmtree(home, ignore_errors=True)

@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -30,14 +30,13 @@ import pytest
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from tests.conftest import KAFKA_LOCAL, free_port
-from tests.integration.conftest import Shipper, base_config
+from tests.integration.conftest import Shipper, Start, base_config
 from tests.support.faultproxy import FaultProxy, Mode
 from tests.support.readback import collect_stray_sockets, read_topic
 from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
-Start = Callable[..., Shipper]
 
 RATE = 20_000  # lines per second each writer appends
 STALL_TIMEOUT = 2.0  # kafka.stall_timeout (the default)

@@ -15,7 +15,6 @@ import stat
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ import pytest
 from tests.conftest import Broker, free_port
 from tests.integration.conftest import (
     Shipper,
+    Start,
     append,
     base_config,
     final_balances,
@@ -32,8 +32,6 @@ from tests.integration.test_tailing import NO_DAC, audit, numbered, topic_record
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.kafka
-
-Start = Callable[..., Shipper]
 
 
 def health_doc(s: Shipper) -> dict[str, object]:

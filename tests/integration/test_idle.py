@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Broker, free_port
-from tests.integration.conftest import Shipper, append, base_config
+from tests.integration.conftest import Shipper, Start, append, base_config
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
-Start = Callable[..., Shipper]
 
 #: The bound: 2% of one core, averaged over the window (a busy loop costs ~100%).
 MAX_SHARE = 0.02

@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import shlex
-import shutil
-import subprocess
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,57 +11,16 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import TopicAuthorizationFailedError
 
-from tests.conftest import KAFKA_LOCAL, free_port
+from tests.integration.conftest import Secure
 from tests.support.readback import collect_stray_sockets
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
-# Settings of the caller's shell that would change the broker this module starts.
-_SHAPE_VARS = (
-    "KAFKA_NODES",
-    "KAFKA_FAULT_PORT",
-    "KAFKA_CONTROLLER_PORT",
-    "KAFKA_SASL_SSL_PORT",
-    "KAFKA_SSL_PORT",
-    "KAFKA_SASL_PLAINTEXT_PORT",
-    "KAFKA_BOOTSTRAP",
-)
 
-
-def _script(env: dict[str, str], *args: str, timeout: float) -> str:
-    """Run scripts/kafka-local; its stdout, or a failure that shows its stderr."""
-    proc = subprocess.run(
-        [str(KAFKA_LOCAL), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"kafka-local {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
-    return proc.stdout
-
-
-@pytest.fixture(name="secure_kafka", scope="module")
-def fixture_secure_kafka() -> Iterator[dict[str, str]]:
-    """A broker of our own with the security listeners; the KEY=VALUE lines of ``env``."""
-    home = Path(tempfile.mkdtemp(prefix="shipper-kafka-sec-"))
-    env = {k: v for k, v in os.environ.items() if k not in _SHAPE_VARS}
-    env.update(KAFKA_HOME_DIR=str(home), KAFKA_PORT=str(free_port()), KAFKA_SECURITY="1")
-    try:
-        _script(env, "start", timeout=240)
-        out = _script(env, "env", timeout=30)
-        yield dict(line.split("=", 1) for line in shlex.split(out))
-    finally:
-        subprocess.run(
-            [str(KAFKA_LOCAL), "stop", "--purge"],
-            env=env,
-            capture_output=True,
-            timeout=90,
-            check=False,
-        )
-        shutil.rmtree(home, ignore_errors=True)
+@pytest.fixture(name="secure_kafka")
+def fixture_secure_kafka(secure: Secure) -> dict[str, str]:
+    """The KEY=VALUE lines of the secured broker's ``kafka-local env``."""
+    return secure.env
 
 
 def _secret(path: str) -> str:

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from tests.conftest import Broker
-from tests.integration.conftest import Shipper, append, base_config
+from tests.integration.conftest import Start, append, base_config
 from tests.support.readback import end_offsets, read_topic
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.kafka
-
-Start = Callable[..., Shipper]
 
 
 def create_topic(broker: Broker, topic: str, partitions: int) -> None:

@@ -16,7 +16,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from shipper.config import FAULT_THREADS
 from tests.conftest import ROOT, Broker, free_port
 from tests.integration.conftest import (
     Shipper,
+    Start,
     append,
     base_config,
     final_balances,
@@ -37,8 +37,6 @@ from tests.integration.test_tailing import Writer, audit, numbered, settle, topi
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.kafka
-
-Start = Callable[..., Shipper]
 
 
 def events_named(s: Shipper, name: str) -> list[dict[str, Any]]:

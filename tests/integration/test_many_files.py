@@ -6,18 +6,15 @@ does not time): a thousand files in one directory and two hundred nested directo
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Broker
-from tests.integration.conftest import Shipper, append, base_config, ledger_balances
+from tests.integration.conftest import Start, append, base_config, ledger_balances
 from tests.integration.test_tailing import audit, numbered, topic_records
 
 pytestmark = pytest.mark.kafka
-
-Start = Callable[..., Shipper]
 
 
 def cpu_seconds(pid: int) -> float:

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Broker
-from tests.integration.conftest import Shipper, append, base_config
+from tests.integration.conftest import Start, append, base_config
 from tests.support.readback import end_offsets, read_topic
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.kafka
-
-Start = Callable[..., Shipper]
 
 
 def topic_values(broker: Broker, topic: str, expect: int, timeout: float = 60) -> list[bytes]:

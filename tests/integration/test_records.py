@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,13 +16,12 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
 
 from tests.conftest import ROOT, Broker
-from tests.integration.conftest import Shipper, append, base_config
+from tests.integration.conftest import Start, append, base_config
 from tests.support.readback import end_offsets, read_records
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.kafka
 
-Start = Callable[..., Shipper]
 
 DOWNWARD_API = {
     "KUBERNETES_POD_NAME": "shop-7d9f-x2",

@@ -20,7 +20,7 @@ import yaml
 
 from tests.conftest import ROOT, Broker, free_port
 from tests.integration.conftest import (
-    Shipper,
+    Start,
     append,
     base_config,
     final_balances,
@@ -31,7 +31,6 @@ from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.kafka
 
-Start = Callable[..., Shipper]
 
 _rng = random.Random(8)
 WHOLLY_BAD = {

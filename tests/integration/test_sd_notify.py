@@ -8,19 +8,17 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Broker
-from tests.integration.conftest import Shipper, append, base_config
+from tests.integration.conftest import Start, append, base_config
 from tests.integration.test_tailing import audit, numbered, topic_records
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.kafka
-
-Start = Callable[..., Shipper]
 
 
 class NotifySocket(threading.Thread):

@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import io
 import os
-import shlex
-import shutil
 import subprocess
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,76 +22,14 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from shipper import config
 from shipper.kafka import security
 from shipper.kafka.probe import probe
-from tests.conftest import KAFKA_LOCAL, ROOT, Broker, free_port
-from tests.integration.conftest import Shipper, append, base_config
+from tests.conftest import ROOT, Broker
+from tests.integration.conftest import Secure, Start, append, base_config
 from tests.support.readback import collect_stray_sockets, read_topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
-Start = Callable[..., Shipper]
 
-# Settings of the caller's shell that would change the shape of the broker we start.
-_SHAPE_VARS = (
-    "KAFKA_NODES",
-    "KAFKA_FAULT_PORT",
-    "KAFKA_CONTROLLER_PORT",
-    "KAFKA_SASL_SSL_PORT",
-    "KAFKA_SSL_PORT",
-    "KAFKA_SASL_PLAINTEXT_PORT",
-    "KAFKA_BOOTSTRAP",
-)
 WRONG_PASSWORD = "Wr0ng-Known-Secret-4-grep"
-
-
-@dataclass(frozen=True)
-class Secure:
-    """The secured broker's addresses and files, from ``kafka-local env``."""
-
-    env: dict[str, str]
-
-    def __getattr__(self, name: str) -> str:
-        return self.env[f"KAFKA_{name.upper()}"]
-
-    def secret(self, name: str) -> str:
-        return Path(self.env[f"KAFKA_{name.upper()}"]).read_text().strip()
-
-    @property
-    def plaintext_by_name(self) -> str:
-        """The plaintext listener, reached as localhost (the name the certificate has)."""
-        return "localhost:" + self.bootstrap.rsplit(":", 1)[1]
-
-
-@pytest.fixture(name="secure", scope="module")
-def fixture_secure() -> Iterator[Secure]:
-    """A broker of our own with the SASL_SSL, SSL (mTLS) and SASL_PLAINTEXT listeners."""
-    home = Path(tempfile.mkdtemp(prefix="shipper-kafka-sec-"))
-    env = {k: v for k, v in os.environ.items() if k not in _SHAPE_VARS}
-    env.update(KAFKA_HOME_DIR=str(home), KAFKA_PORT=str(free_port()), KAFKA_SECURITY="1")
-
-    def script(*args: str, timeout: float) -> str:
-        proc = subprocess.run(
-            [str(KAFKA_LOCAL), *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        assert proc.returncode == 0, f"kafka-local {' '.join(args)}:\n{proc.stderr}"
-        return proc.stdout
-
-    try:
-        script("start", timeout=240)
-        yield Secure(dict(line.split("=", 1) for line in shlex.split(script("env", timeout=30))))
-    finally:
-        subprocess.run(
-            [str(KAFKA_LOCAL), "stop", "--purge"],
-            env=env,
-            capture_output=True,
-            timeout=90,
-            check=False,
-        )
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def sasl_ssl(s: Secure, **sasl: Any) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,13 +23,12 @@ from typing import Any
 import pytest
 
 from tests.conftest import Broker, free_port
-from tests.integration.conftest import Shipper, append, base_config, ledger_from_metrics
+from tests.integration.conftest import Shipper, Start, append, base_config, ledger_from_metrics
 from tests.support.readback import end_offsets, read_topic
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.kafka
 
-Start = Callable[..., Shipper]
 
 LOGROTATE = shutil.which("logrotate") or shutil.which("logrotate", path="/usr/sbin:/sbin")
 needs_logrotate = pytest.mark.skipif(LOGROTATE is None, reason="logrotate is not installed")
