@@ -6,19 +6,19 @@ Debian packages `make test-deploy` installs, and the broker of the session fixtu
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import subprocess
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support import wait
 from tests.support.readback import read_topic
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,14 +75,9 @@ def assert_balanced(done: dict[str, Any]) -> None:
     assert done["balanced"] is True, done
 
 
-def wait_until(pred: Callable[[], bool], timeout: float, what: str, step: float = 0.1) -> None:
-    """Poll ``pred`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(step)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+#: ``tests.support.wait.wait_until`` polling every 0.1 s: each check here runs podman,
+#: systemctl or an HTTP request.
+wait_until = functools.partial(wait.wait_until, interval=0.1)
 
 
 def health(listen: str) -> tuple[int, dict[str, Any]]:

@@ -245,7 +245,7 @@ def test_unlistable_log_dir_is_reported(run_container: Any, adm_logs: Path, topi
     def reported() -> bool:
         return any(e.get("event") == "directory_unreadable" for e in c.events())
 
-    wait_until(reported, 15, "a directory_unreadable event", step=0.5)
+    wait_until(reported, 15, "a directory_unreadable event", interval=0.5)
     event = next(e for e in c.events() if e.get("event") == "directory_unreadable")
     assert "/var/log/app" in json.dumps(event), event
     status, body = health(c.listen)

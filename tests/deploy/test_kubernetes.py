@@ -507,7 +507,7 @@ def fixture_played(
             lambda: len(records(kafka.bootstrap, topic, timeout=2)) >= 100,
             60,
             "the app's first 100 lines at the broker",
-            step=0.5,
+            interval=0.5,
         )
         logs_dir = Path(
             podman("volume", "inspect", "--format", "{{.Mountpoint}}", volumes[0]).stdout.strip()

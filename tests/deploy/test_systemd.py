@@ -343,7 +343,7 @@ def test_reload_applies_a_changed_config(machine: Machine, service: Service) -> 
         probes += 1
         return bool(records(service.broker.bootstrap, new_topic, timeout=0.5))
 
-    wait_until(switched, 30, "a line in the new topic", step=0.2)
+    wait_until(switched, 30, "a line in the new topic", interval=0.2)
     after = [b"after reload %d" % i for i in range(50)]
     service.append(after)
     got = records(service.broker.bootstrap, new_topic, expect=probes + len(after))
@@ -447,7 +447,7 @@ def test_watchdog_restarts_a_hung_daemon(machine: Machine, service: Service) -> 
             ),
             30,
             "a restart after the watchdog timeout",
-            step=0.5,
+            interval=0.5,
         )
         assert int(machine.show("NRestarts")["NRestarts"]) >= 1
         log = machine.run(
