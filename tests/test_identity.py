@@ -14,7 +14,7 @@ import pytest
 from shipper.chunk import Source
 from shipper.config import InputConfig, build
 from shipper.ledger import Ledger
-from shipper.tail.identity import DEFER, Copies, fingerprint, line_start
+from shipper.tail.identity import DEFER, ORPHAN_KEEP, Copies, fingerprint, line_start
 from shipper.tail.reader import FileReader
 from shipper.tail.registry import Entry
 
@@ -356,6 +356,24 @@ def test_expire_counts_unread_bytes_no_copy_turned_up_for(
     c.expire(now + 200)
     assert lost(ledger) == 70
     assert match(c, new_file("late.log", a[:1170])) is None
+
+
+def test_orphans_wait_at_least_orphan_keep_and_are_counted_at_stop(
+    ledger: Ledger, warn: Warnings
+) -> None:
+    """A truncated file's identity waits ``ORPHAN_KEEP`` even when ``rotate_wait`` is
+    shorter (a loaded machine finds the copy late); ``expire()`` without a time (the
+    tailer's stop) counts what every waiting truncation left unread."""
+    c = Copies(1.0, ledger, warn, keep=0.5)
+    a = log_bytes(b"aaaa", 1200)
+    c.truncated(HEAD, fingerprint(a[:HEAD]), offset=100, unread=70)
+    now = time.monotonic()
+    c.expire(now + ORPHAN_KEEP - 1)
+    assert lost(ledger) == 0
+    c.expire()
+    assert lost(ledger) == 70
+    c.expire()
+    assert lost(ledger) == 70
 
 
 def test_expire_forgets_stale_pending_copies(

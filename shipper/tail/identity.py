@@ -3,8 +3,9 @@ file, and the copies that copytruncate makes of files we were reading.
 
 A file is its device and inode plus a hash of its first ``fingerprint_bytes``. That tells
 inode reuse, delete-and-recreate and truncate-then-rewrite (new content) apart from growth.
-When a file is truncated, what it held is remembered for ``rotate_wait``: a new file whose
-fingerprint matches is copytruncate's copy and is read from where the truncated file stopped.
+When a file is truncated, what it held is remembered (``rotate_wait``, at least
+``ORPHAN_KEEP``): a new file whose fingerprint matches is copytruncate's copy and is read from
+where the truncated file stopped.
 A new file is taken for a copy of a file being read only on proof (``is_copy_of``: the same
 first bytes, no larger, and the same bytes where it ends); equal first bytes alone are not.
 """
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFER",
     "MIN_PREFIX",
+    "ORPHAN_KEEP",
     "Copies",
     "comparable",
     "fingerprint",
@@ -36,6 +38,10 @@ __all__ = [
 
 #: ``Copies.match`` result: look at this file again later.
 DEFER: Literal["defer"] = "defer"
+#: A truncated file's old identity waits at least this long for its copy: the copy is found
+#: by an inotify event or a rescan, which a loaded machine may deliver late, and a copy found
+#: after its orphan is gone would be read from its start (every line read before twice).
+ORPHAN_KEEP = 10.0
 #: Files are indexed by this many first bytes (fewer when shorter) to find copy candidates
 #: without looking at every open file.
 _INDEX_BYTES = 64
@@ -131,8 +137,8 @@ class Copies:
     ) -> None:
         self._rotate_wait = rotate_wait
         # How long a truncated file's old identity waits for its copy to turn up (the copy
-        # may be found by a rescan only).
-        self._keep = rotate_wait if keep is None else max(keep, rotate_wait)
+        # may be found by a rescan only, and late when the machine is loaded).
+        self._keep = max(rotate_wait, keep or 0.0, ORPHAN_KEEP)
         self._ledger = ledger
         self._warn = warn
         self._orphans: list[_Orphan] = []
@@ -274,15 +280,16 @@ class Copies:
         self._ledger.skipped_bytes("copy", size)
         self._warn("copy_skipped", path=path, bytes=size, copy_of=of)
 
-    def expire(self, now: float) -> None:
-        """Count truncation losses no copy turned up for; forget stale pending copies."""
-        for o in [o for o in self._orphans if now >= o.expires]:
+    def expire(self, now: float | None = None) -> None:
+        """Count truncation losses no copy turned up for; forget stale pending copies.
+        Without ``now`` (at stop): every truncation still waiting for its copy."""
+        for o in [o for o in self._orphans if now is None or now >= o.expires]:
             self._orphans.remove(o)
             if o.lost:
                 self._ledger.lost_bytes("truncated_unread", o.lost)
                 self._warn("bytes_lost", reason="truncated_unread", bytes=o.lost)
         for path, (_, give_up) in list(self._pending.items()):
-            if now > give_up + self._rotate_wait * 2:
+            if now is None or now > give_up + self._rotate_wait * 2:
                 del self._pending[path]
 
     def __repr__(self) -> str:

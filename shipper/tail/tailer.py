@@ -127,6 +127,7 @@ class Tailer:
         self._halt()
         for r in list(self._by_key.values()):
             self._close(r, "shutdown")
+        self._copies.expire()  # truncations whose copy never turned up: their losses now
         if not self._registry.save(exact=True):
             self._log.error(
                 "registry_unwritable",
