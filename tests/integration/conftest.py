@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -279,8 +280,8 @@ def final_balances(final: dict[str, Any]) -> bool:
     )
 
 
-# -- the secured broker ------------------------------------------------------------------------
-# Settings of the caller's shell that would change the shape of the secured broker.
+# -- brokers of a test's own -------------------------------------------------------------------
+# Settings of the caller's shell that would change the shape of a broker of our own.
 _SHAPE_VARS = (
     "KAFKA_NODES",
     "KAFKA_FAULT_PORT",
@@ -290,6 +291,77 @@ _SHAPE_VARS = (
     "KAFKA_SASL_PLAINTEXT_PORT",
     "KAFKA_BOOTSTRAP",
 )
+
+
+class LocalKafka:
+    """A broker (or cluster) of a test's own, started with scripts/kafka-local: with a
+    fault listener a proxy can sit in front of, with the security listeners, or several
+    nodes. It may be killed and frozen; ``close`` thaws, stops and deletes it."""
+
+    def __init__(self, nodes: int = 1, fault: bool = False, security: bool = False) -> None:
+        self.home = Path(tempfile.mkdtemp(prefix="shipper-kafka-own-"))
+        self.env = {k: v for k, v in os.environ.items() if k not in _SHAPE_VARS}
+        self.env.update(KAFKA_HOME_DIR=str(self.home), KAFKA_PORT=str(free_port()))
+        if security:
+            self.env["KAFKA_SECURITY"] = "1"
+        if nodes > 1:
+            self.env["KAFKA_NODES"] = str(nodes)
+        if fault:
+            self.env["KAFKA_FAULT_PORT"] = str(free_port())
+        self.info: dict[str, str] = {}
+
+    def run(self, *args: str, timeout: float = 240) -> str:
+        """Run kafka-local; its stdout, or a test failure with its stderr."""
+        p = subprocess.run(
+            [str(KAFKA_LOCAL), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if p.returncode != 0:
+            pytest.fail(f"kafka-local {' '.join(args)} exited {p.returncode}:\n{p.stderr}")
+        return p.stdout
+
+    def start(self, *args: str) -> None:
+        """Start every node (or the one given with --node K); read the addresses."""
+        self.run("start", *args)
+        self.info = dict(kv.split("=", 1) for kv in shlex.split(self.run("env", timeout=30)))
+
+    @property
+    def bootstrap(self) -> str:
+        """Where clients connect directly."""
+        return self.info["KAFKA_BOOTSTRAP"]
+
+    def pid(self, node: int = 1) -> int:
+        """The process id of node ``node``."""
+        return int(self.run("pid", "--node", str(node), timeout=30).strip())
+
+    def kill(self, node: int = 1) -> None:
+        """SIGKILL node ``node``: a crash, no controlled shutdown."""
+        self.run("kill", "--node", str(node), timeout=60)
+
+    def close(self) -> None:
+        """Stop every node and delete its state."""
+        for pid in self._frozen():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        subprocess.run(
+            [str(KAFKA_LOCAL), "stop", "--purge"],
+            env=self.env,
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        shutil.rmtree(self.home, ignore_errors=True)
+
+    def _frozen(self) -> list[int]:
+        out = []
+        for pidfile in self.home.rglob("kafka.pid"):
+            with contextlib.suppress(ValueError, OSError):
+                out.append(int(pidfile.read_text().strip()))
+        return out
 
 
 @dataclass(frozen=True)
@@ -314,35 +386,12 @@ class Secure:
 
 @pytest.fixture(name="secure", scope="session")
 def fixture_secure() -> Iterator[Secure]:
-    """A broker of our own with the SASL_SSL, SSL (mTLS) and SASL_PLAINTEXT listeners
-    (``scripts/kafka-local`` with ``KAFKA_SECURITY=1``): started by the first test that needs
-    it, shared by the rest of the session (a start costs about 20 s)."""
-    home = Path(tempfile.mkdtemp(prefix="shipper-kafka-sec-"))
-    env = {k: v for k, v in os.environ.items() if k not in _SHAPE_VARS}
-    env.update(KAFKA_HOME_DIR=str(home), KAFKA_PORT=str(free_port()), KAFKA_SECURITY="1")
-
-    def script(*args: str, timeout: float) -> str:
-        proc = subprocess.run(
-            [str(KAFKA_LOCAL), *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        if proc.returncode != 0:
-            pytest.fail(f"kafka-local {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
-        return proc.stdout
-
+    """A broker of our own with the SASL_SSL, SSL (mTLS) and SASL_PLAINTEXT listeners:
+    started by the first test that needs it, shared by the rest of the session (a start
+    costs about 20 s)."""
+    k = LocalKafka(security=True)
     try:
-        script("start", timeout=240)
-        yield Secure(dict(line.split("=", 1) for line in shlex.split(script("env", timeout=30))))
+        k.start()
+        yield Secure(k.info)
     finally:
-        subprocess.run(
-            [str(KAFKA_LOCAL), "stop", "--purge"],
-            env=env,
-            capture_output=True,
-            timeout=90,
-            check=False,
-        )
-        shutil.rmtree(home, ignore_errors=True)
+        k.close()

@@ -9,14 +9,9 @@ the ledger balanced (read = confirmed + unconfirmed + in flight + dropped + queu
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import shlex
-import shutil
 import signal
-import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -29,8 +24,7 @@ from typing import Any
 import pytest
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from tests.conftest import KAFKA_LOCAL, free_port
-from tests.integration.conftest import Shipper, Start, base_config
+from tests.integration.conftest import LocalKafka, Shipper, Start, base_config
 from tests.support.faultproxy import FaultProxy, Mode
 from tests.support.readback import collect_stray_sockets, read_topic
 from tests.support.wait import wait_until
@@ -43,78 +37,7 @@ STALL_TIMEOUT = 2.0  # kafka.stall_timeout (the default)
 DRAIN_TIMEOUT = 5.0  # shutdown.drain_timeout (the default)
 FREEZE = 10.0  # the issue's SIGSTOP is 30 s; 10 s shows the same (stalled after 2 s)
 _LINE = re.compile(rb"^(\S+) (\d{9}) ")
-# Settings of the caller's shell that would change the brokers this module starts.
-_SHAPE_VARS = ("KAFKA_NODES", "KAFKA_FAULT_PORT", "KAFKA_CONTROLLER_PORT", "KAFKA_BOOTSTRAP")
-
-
 # --- brokers of our own ----------------------------------------------------------------------
-
-
-class LocalKafka:
-    """A broker (or cluster) this module starts with scripts/kafka-local, and may kill."""
-
-    def __init__(self, nodes: int = 1, fault: bool = False) -> None:
-        self.home = Path(tempfile.mkdtemp(prefix="shipper-faults-"))
-        self.env = {k: v for k, v in os.environ.items() if k not in _SHAPE_VARS}
-        self.env.update(KAFKA_HOME_DIR=str(self.home), KAFKA_PORT=str(free_port()))
-        if nodes > 1:
-            self.env["KAFKA_NODES"] = str(nodes)
-        if fault:
-            self.env["KAFKA_FAULT_PORT"] = str(free_port())
-        self.info: dict[str, str] = {}
-
-    def run(self, *args: str, timeout: float = 240) -> str:
-        """Run kafka-local; its stdout, or a test failure with its stderr."""
-        p = subprocess.run(
-            [str(KAFKA_LOCAL), *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        if p.returncode != 0:
-            pytest.fail(f"kafka-local {' '.join(args)} exited {p.returncode}:\n{p.stderr}")
-        return p.stdout
-
-    def start(self, *args: str) -> None:
-        """Start every node (or the one given with --node K); read the addresses."""
-        self.run("start", *args)
-        self.info = dict(kv.split("=", 1) for kv in shlex.split(self.run("env", timeout=30)))
-
-    @property
-    def bootstrap(self) -> str:
-        """Where clients connect directly."""
-        return self.info["KAFKA_BOOTSTRAP"]
-
-    def pid(self, node: int = 1) -> int:
-        """The process id of node ``node``."""
-        return int(self.run("pid", "--node", str(node), timeout=30).strip())
-
-    def kill(self, node: int = 1) -> None:
-        """SIGKILL node ``node``: a crash, no controlled shutdown."""
-        self.run("kill", "--node", str(node), timeout=60)
-
-    def close(self) -> None:
-        """Stop every node and delete its state."""
-        for pid in self._frozen():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-        subprocess.run(
-            [str(KAFKA_LOCAL), "stop", "--purge"],
-            env=self.env,
-            capture_output=True,
-            timeout=120,
-            check=False,
-        )
-        shutil.rmtree(self.home, ignore_errors=True)
-
-    def _frozen(self) -> list[int]:
-        out = []
-        for pidfile in self.home.rglob("kafka.pid"):
-            with contextlib.suppress(ValueError, OSError):
-                out.append(int(pidfile.read_text().strip()))
-        return out
 
 
 @pytest.fixture(name="broker", scope="module")
