@@ -368,14 +368,15 @@ def test_rotated_file_deleted_while_lagging(
 
 
 @needs_logrotate
+@pytest.mark.parametrize("rotations", [1, 2])
 def test_copytruncate_while_lagging_never_twice(
-    kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start
+    kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start, rotations: int
 ) -> None:
-    """The shipper lags (SIGSTOP) while logrotate copies and truncates the file and the app
-    writes more than the file held: when it runs again, the copy starts like what it was
-    reading and the original no longer does. The copy is read from where reading stopped
-    (nothing of it twice, the lines written after our position once), the new content
-    from its start."""
+    """The shipper lags (SIGSTOP) while logrotate copies and truncates the file (once, or
+    twice with the app writing between) and the app writes more than the file held: when it
+    runs again, the first copy starts like what it was reading and the original no longer
+    does. That copy is read from where reading stopped (nothing of it twice, the lines
+    written after our position once); a later copy and the new content from their start."""
     logs = tmp_path / "logs"
     logs.mkdir()
     log = logs / "app.log"
@@ -384,22 +385,27 @@ def test_copytruncate_while_lagging_never_twice(
     s = start_shipper(rotation_config(kafka, topic, tmp_path, logs))
     s.wait_for(lambda led: led["sent"] == n, 30, "the first lines")
     rot = Logrotate(log, tmp_path, "copytruncate")
+    assert LOGROTATE is not None
+    mid = 3 * n if rotations == 2 else 0
     s.proc.send_signal(signal.SIGSTOP)  # from here on the shipper has seen nothing
     try:
         append(log, [numbered(b"old", i) for i in range(n, 2 * n)])  # unread when copied
-        assert LOGROTATE is not None
-        subprocess.run([LOGROTATE, "-f", "-s", str(rot.state), str(rot.conf)], check=True)
-        assert (logs / "app.log.1").stat().st_size > 0
-        assert log.stat().st_size == 0
+        for r in range(rotations):
+            if r:  # the next generation, rotated in turn (its copy is app.log.1 now)
+                append(log, [numbered(b"mid", i) for i in range(mid)])
+            subprocess.run([LOGROTATE, "-f", "-s", str(rot.state), str(rot.conf)], check=True)
+            assert (logs / "app.log.1").stat().st_size > 0
+            assert log.stat().st_size == 0
         append(log, [numbered(b"new", i) for i in range(3 * n)])  # past where we were
     finally:
         s.proc.send_signal(signal.SIGCONT)
-    led = settle(s, 5 * n)
+    led = settle(s, 5 * n + mid)
     records = topic_records(kafka, topic, led["sent"])
     old, new = audit(records, b"old", 2 * n), audit(records, b"new", 3 * n)
-    print(f"[copytruncate while lagging] old: {old.figures()} new: {new.figures()}")
-    assert (old.duplicates, old.missing, old.foreign) == (0, [], [])
-    assert (new.duplicates, new.missing, new.foreign) == (0, [], [])
+    between = audit(records, b"mid", mid)
+    print(f"[copytruncate x{rotations} while lagging] old: {old.figures()} new: {new.figures()}")
+    for a in (old, between, new):
+        assert (a.duplicates, a.missing, a.foreign) == (0, [], [])
     assert led["events"].get("copy_resumed") == 1
     assert led["events"].get("files_truncated") == 1
     assert s.stop() == 0
