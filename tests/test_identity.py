@@ -14,6 +14,7 @@ import pytest
 from shipper.chunk import Source
 from shipper.config import InputConfig, build
 from shipper.ledger import Ledger
+from shipper.tail import identity
 from shipper.tail.identity import DEFER, ORPHAN_KEEP, Copies, fingerprint, line_start
 from shipper.tail.reader import FileReader
 from shipper.tail.registry import Entry
@@ -314,6 +315,39 @@ def test_copy_skipped_after_rotate_wait(
     c = Copies(0.0, ledger, warn)
     open_reader(readers, ledger, tmp_path / "app.log", content, HEAD, copies=c)
     assert match(c, new_file("app.log.1", content)) == len(content)
+    assert events(ledger) == {"copy_skipped": 1}
+    assert skipped(ledger) == {"copy": len(content)}
+
+
+@pytest.fixture(name="clock")
+def fixture_clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The identity module's monotonic clock, moved on by the test (``clock[0] += s``)."""
+    now = [1000.0]
+    monkeypatch.setattr(identity.time, "monotonic", lambda: now[0])
+    return now
+
+
+def test_a_copy_still_growing_keeps_waiting(
+    tmp_path: Path,
+    ledger: Ledger,
+    readers: list[FileReader],
+    new_file: NewFiles,
+    clock: list[float],
+) -> None:
+    """The wait for a truncation starts again whenever the copy grew: a copy made slowly
+    is not opened at the size it has so far (what it gets next was read from the
+    original); once it stopped growing for ``rotate_wait`` with no truncation, it is
+    skipped whole."""
+    content = log_bytes(b"app", 6000)
+    c = Copies(1.0, ledger, Warnings())
+    open_reader(readers, ledger, tmp_path / "app.log", content, HEAD, copies=c)
+    for end in range(2000, 6001, 1000):  # 4 s in all: each step within rotate_wait
+        copy = new_file("app.log.1", content[:end])
+        assert match(c, copy) == DEFER
+        clock[0] += 0.9
+    assert match(c, copy) == DEFER  # 0.9 s since it last grew
+    clock[0] += 0.2
+    assert match(c, copy) == len(content)
     assert events(ledger) == {"copy_skipped": 1}
     assert skipped(ledger) == {"copy": len(content)}
 

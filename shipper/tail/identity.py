@@ -143,8 +143,8 @@ class Copies:
         self._warn = warn
         self._orphans: list[_Orphan] = []
         # A copy being made, by path: its identity (a path is reused by the next rotation)
-        # and when to stop waiting for its original's truncation.
-        self._pending: dict[str, tuple[str, float]] = {}
+        # and size, and when to stop waiting for its original's truncation.
+        self._pending: dict[str, tuple[str, int, float]] = {}
         self._heads: dict[FileReader, bytes] = {}  # open files' first bytes ...
         self._index: dict[bytes, set[FileReader]] = {}  # ... and the files by their start
 
@@ -189,13 +189,16 @@ class Copies:
             )
         )
 
-    def _wait(self, path: str, ident: str) -> bool:
-        """True while the copy at ``path`` (identity ``ident``) may wait for a truncation."""
+    def _wait(self, path: str, ident: str, size: int) -> bool:
+        """True while the copy at ``path`` (identity ``ident``, ``size`` bytes) may wait for
+        a truncation: ``rotate_wait`` after it last grew. A copy still being made (slowly,
+        on a loaded machine) is never opened at the size it has so far: what it gets next
+        was read from the original."""
         now = time.monotonic()
         got = self._pending.get(path)
-        if got is None or got[0] != ident:
-            got = self._pending[path] = (ident, now + self._rotate_wait)
-        if now < got[1]:
+        if got is None or got[0] != ident or got[1] != size:
+            got = self._pending[path] = (ident, size, now + self._rotate_wait)
+        if now < got[2]:
             return True
         del self._pending[path]
         return False
@@ -268,7 +271,7 @@ class Copies:
                 # it is a plain copy: every byte of it is read from the original.
                 copy = is_copy_of(fd, size, head, r.fd, of_size)
             if copy:
-                if self._wait(path, ident):
+                if self._wait(path, ident, size):
                     return DEFER
                 self.skipped(path, size, of=r.path)
                 return size
@@ -288,7 +291,7 @@ class Copies:
             if o.lost:
                 self._ledger.lost_bytes("truncated_unread", o.lost)
                 self._warn("bytes_lost", reason="truncated_unread", bytes=o.lost)
-        for path, (_, give_up) in list(self._pending.items()):
+        for path, (_, _, give_up) in list(self._pending.items()):
             if now is None or now > give_up + self._rotate_wait * 2:
                 del self._pending[path]
 

@@ -251,9 +251,10 @@ def rotation_config(
 # -- 1, 2: logrotate under load ----------------------------------------------------------------
 def run_logrotate_under_load(
     kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start, mode: str
-) -> tuple[Audit, dict[str, Any], set[int], set[int]]:
+) -> tuple[Audit, dict[str, Any], dict[str, Any], set[int], set[int]]:
     """Write 20,000 lines/s for 30 s while logrotate rotates in ``mode``; return the audit,
-    the settled ledger, the numbers of the lines still on disk and of each file's first."""
+    the settled ledger, the final one (at stop), the numbers of the lines still on disk and
+    of each file's first."""
     logs = tmp_path / "logs"
     logs.mkdir()
     log = logs / "app.log"
@@ -285,7 +286,7 @@ def run_logrotate_under_load(
         f"events={led['events']}"
     )
     assert final["balanced"] is True
-    return a, led, on_disk, firsts
+    return a, led, final, on_disk, firsts
 
 
 @pytest.mark.slow
@@ -295,7 +296,7 @@ def test_logrotate_create_every_line_once(
 ) -> None:
     """logrotate (create, size 256k) every 0.2 s under 20,000 lines/s for 30 s: every line
     arrives exactly once."""
-    a, led, _, _ = run_logrotate_under_load(kafka, topic, tmp_path, start_shipper, "create")
+    a, led, _, _, _ = run_logrotate_under_load(kafka, topic, tmp_path, start_shipper, "create")
     assert a.duplicates == 0
     assert a.foreign == []
     assert a.missing == [], f"{len(a.missing)} lines missing, first {a.missing[:10]}"
@@ -310,8 +311,10 @@ def test_logrotate_copytruncate_never_twice(
 ) -> None:
     """logrotate (copytruncate) under the same load: no line twice; a missing line that
     survives on disk is covered by ``truncated_unread``; any other was destroyed by
-    logrotate itself, written between its copy and its truncation."""
-    a, led, on_disk, firsts = run_logrotate_under_load(
+    logrotate itself, written between its copy and its truncation. Every copy is resumed
+    where reading stopped, or (its truncation seen later than ``rotate_wait`` after the
+    copy stopped growing, on a loaded machine) skipped whole and counted, never read."""
+    a, led, final, on_disk, firsts = run_logrotate_under_load(
         kafka, topic, tmp_path, start_shipper, "copytruncate"
     )
     assert a.duplicates == 0
@@ -323,7 +326,8 @@ def test_logrotate_copytruncate_never_twice(
     assert len(heads) <= led["events"].get("partial_lines_flushed", 0)
     kept = [i for i in a.missing if i in on_disk]
     kept_bytes = sum(len(numbered(b"r", i)) + 1 for i in kept)
-    assert kept_bytes <= led["lost_bytes"].get("truncated_unread", 0), (
+    # Counted when a copy is found, when none turned up in time, or at the latest at stop.
+    assert kept_bytes <= final["bytes_lost"].get("truncated_unread", 0), (
         f"{len(kept)} lines still on disk never arrived, first {kept[:10]}"
     )
     # The others end where the truncated file starts again: logrotate's own window.
@@ -331,7 +335,8 @@ def test_logrotate_copytruncate_never_twice(
     ends = [i for i in gone if i + 1 not in gone]
     assert all(i + 1 in firsts for i in ends), sorted(i for i in ends if i + 1 not in firsts)
     assert sum(led["dropped"].values()) == 0
-    assert led["events"].get("copy_resumed", 0) == led["events"].get("files_truncated", 0) > 50
+    copies = led["events"].get("copy_resumed", 0) + led["events"].get("copy_skipped", 0)
+    assert copies == led["events"].get("files_truncated", 0) > 50
 
 
 # -- 3: a rotated file deleted at once -------------------------------------------------------
