@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -21,8 +22,35 @@ ROOT = Path(__file__).resolve().parent.parent
 KAFKA_LOCAL = ROOT / "scripts" / "kafka-local"
 
 
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (where outgoing connections get
+    their local port)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
-    """Return a TCP port that was free a moment ago on 127.0.0.1."""
+    """A TCP port free a moment ago on 127.0.0.1, and the one after it too (kafka-local
+    puts a broker's controller there), below the ephemeral range: a port the kernel hands
+    out (bind to 0) may be taken by any outgoing connection before a broker binds it, and
+    then the broker fails to start ("Address already in use")."""
+    low = _ephemeral_low()
+    if low > 10_002:
+        for _ in range(100):
+            port = random.randrange(10_000, low - 1)
+            if _bindable(port) and _bindable(port + 1):
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
