@@ -198,9 +198,16 @@ def ledger_from_metrics(m: dict[str, float]) -> dict[str, Any]:
     for k, v in m.items():
         if k.startswith("shipper_events_total{"):
             events[k.split('event="', 1)[1].split('"', 1)[0]] = int(v)
+    unconfirmed = {}
+    for k, v in m.items():
+        if k.startswith("shipper_lines_unconfirmed_total{"):
+            unconfirmed[k.split('reason="', 1)[1].split('"', 1)[0]] = int(v)
     return {
         "read": int(m.get("shipper_lines_read_total", 0)),
         "sent": int(m.get("shipper_lines_sent_total", 0)),
+        "confirmed": int(m.get("shipper_lines_confirmed_total", 0)),
+        "in_flight": int(m.get("shipper_lines_in_flight", 0)),
+        "unconfirmed": unconfirmed,
         "queued": int(m.get("shipper_queue_lines", 0)),
         "dropped": dropped,
         "lost_bytes": lost,
