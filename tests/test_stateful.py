@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,26 @@ from tests.test_tailer import Harness
 TAIL: dict[str, Any] = {"poll_interval": 0.02, "rescan_interval": 0.2, "rotate_wait": 0.3}
 
 
+class Recorder:
+    """The tailer's log, kept in memory: a failure prints it (steps race a real thread, so
+    a failing example may not fail again when replayed)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.t0 = time.monotonic()
+
+    def note(self, text: str) -> None:
+        self.lines.append(f"{time.monotonic() - self.t0:8.3f} {text}")
+
+    def _log(self, event: str, *_: Any, **kw: Any) -> None:
+        self.note(f"{event} {kw}")
+
+    info = warning = error = exception = debug = _log
+
+    def tail(self, n: int = 80) -> str:
+        return "\n".join(self.lines[-n:])
+
+
 class TailerMachine(RuleBasedStateMachine):
     """Every line is unique; the model knows which lines the tailer may have lost."""
 
@@ -28,13 +49,18 @@ class TailerMachine(RuleBasedStateMachine):
         self.root = self.tmp / "logs"
         self.root.mkdir()
         self.log = self.root / "app.log"
-        self.h = Harness(self.root, self.tmp / "state")
+        self.rec = Recorder()
+        self.h = Harness(self.root, self.tmp / "state", log=self.rec)
         self.h.start(**TAIL)
         self.seq = 0
         self.rotations = 0
         self.written: set[bytes] = set()
         self.excused: set[bytes] = set()  # written before a crash and not delivered by then
         self.steps: list[str] = []  # for failure messages (timing makes replays differ)
+
+    def _step(self, name: str) -> None:
+        self.steps.append(name)
+        self.rec.note(f"--- {name} (delivered {len(self.h.sink.lines)})")
 
     def teardown(self) -> None:
         self.h.stop()
@@ -79,19 +105,19 @@ class TailerMachine(RuleBasedStateMachine):
     # -- rules --------------------------------------------------------------------------
     @rule(n=st.integers(1, 40), width=st.integers(0, 120))
     def write(self, n: int, width: int) -> None:
-        self.steps.append(f"write({n}, {width})")
+        self._step(f"write({n}, {width})")
         self._append(self.log, n, width)
 
     @precondition(lambda self: self.log.exists())
     @rule()
     def rename_rotate(self) -> None:
-        self.steps.append("rename_rotate()")
+        self._step("rename_rotate()")
         os.rename(self.log, self._next_rotated())
 
     @precondition(lambda self: self.log.exists())
     @rule()
     def copytruncate(self) -> None:
-        self.steps.append("copytruncate()")
+        self._step("copytruncate()")
         shutil.copyfile(self.log, self._next_rotated())
         with self.log.open("r+b") as f:
             f.truncate(0)
@@ -100,26 +126,26 @@ class TailerMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def delete_rotated(self, data: st.DataObject) -> None:
         victim = data.draw(st.sampled_from(self._rotated()))
-        self.steps.append(f"delete_rotated({victim.name})")
+        self._step(f"delete_rotated({victim.name})")
         victim.unlink()
 
     @precondition(lambda self: self.log.exists())
     @rule(n=st.integers(1, 40))
     def delete_and_recreate(self, n: int) -> None:
-        self.steps.append(f"delete_and_recreate({n})")
+        self._step(f"delete_and_recreate({n})")
         self.log.unlink()
         self._append(self.log, n, 60)
 
     @rule()
     def restart(self) -> None:
-        self.steps.append("restart()")
+        self._step("restart()")
         self.h.stop()
         self.h.start(**TAIL)
 
     @rule(n=st.integers(0, 60))
     def kill(self, n: int) -> None:
         """Write ``n`` lines and crash at once; a restart may skip what was not read."""
-        self.steps.append(f"kill({n})")
+        self._step(f"kill({n})")
         if n:
             self._append(self.log, n, 80)
         self.h.crash()
@@ -135,11 +161,15 @@ class TailerMachine(RuleBasedStateMachine):
             self.h.wait(lambda: want <= set(self.h.sink.lines))
         except AssertionError as exc:
             lost = sorted(want - set(self.h.sink.lines))
-            raise AssertionError(f"{len(lost)} lines lost: {lost[:3]} after {self.steps}") from exc
+            raise AssertionError(
+                f"{len(lost)} lines lost: {lost[:3]} after {self.steps}\n{self.rec.tail()}"
+            ) from exc
         self.h.settle()  # and a few rounds more: nothing read twice arrives late
         got = self.h.sink.lines
         twice = sorted(ln for ln, k in Counter(got).items() if k > 1)
-        assert not twice, f"{len(twice)} lines delivered twice: {twice[:5]} after {self.steps}"
+        assert not twice, (
+            f"{len(twice)} lines delivered twice: {twice[:5]} after {self.steps}\n{self.rec.tail()}"
+        )
         assert set(got) <= self.written, f"{set(got) - self.written} after {self.steps}"
 
 

@@ -52,9 +52,10 @@ class Sink:
 class Harness:
     """One tailer over ``root`` with a registry in ``state``."""
 
-    def __init__(self, root: Path, state: Path, **input_kw: Any) -> None:
+    def __init__(self, root: Path, state: Path, log: Any = None, **input_kw: Any) -> None:
         self.root = root
         self.state = state
+        self.log = log if log is not None else get_logger()
         self.input_kw = {"paths": [str(root / "*.log*")], "start_at": "beginning", **input_kw}
         self.ledger = Ledger()
         self.sink = Sink(self.ledger)
@@ -73,7 +74,7 @@ class Harness:
             put=self.sink.put,
             wait_for_room=self.sink.wait_for_room,
             ledger=self.ledger,
-            log=get_logger(),
+            log=self.log,
         )
         self.tailer.start()
         return self
