@@ -188,6 +188,43 @@ def test_restart_from_disk(registry: Registry, path: Path) -> None:
     assert (got.restored, got.path, got.seen) == (False, "/logs/a.log.1", 123.0)
 
 
+def test_closed_like_finds_files_not_open_now(registry: Registry, path: Path) -> None:
+    """Copy candidates are the entries whose file no reader holds: known from disk, or
+    closed in this run; never an open one, a forgotten one, or one under an old fingerprint."""
+
+    def like(ino: int) -> list[str]:
+        return [
+            e.key
+            for e in registry.closed_like(b"head", lambda _h: fp(ino), lambda n, m: 0 < n <= m)
+        ]
+
+    a = add(registry, ino=1)
+    registry.opened(a, "/logs/a.log", 1.0)
+    assert like(1) == []  # open: a copy of it is the reader's business
+    registry.closed(a, 4, 10, False)
+    assert like(1) == ["7:1"]
+    registry.opened(a, "/logs/a.log", 2.0)
+    assert like(1) == []
+    registry.refingerprint(a, 4, fp(9))  # same length, other bytes: as after a truncation
+    registry.closed(a, 4, 10, False)
+    assert (like(1), like(9)) == ([], ["7:1"])
+    registry.forget(a)
+    assert like(9) == []
+    b = add(registry, ino=2)
+    registry.closed(b, 4, 10, False)
+    registry.add(dev=7, ino=2, fp_len=4, fp=fp(3), path="/logs/b.log", start=0)  # inode reused
+    assert like(2) == []
+    # Known from disk and not reopened yet: a candidate from the start.
+    c = add(registry, ino=4)
+    registry.commit(c, 4)
+    registry.save(exact=True)
+    again = Registry(str(path), RESERVE, 3600)
+    again.load()
+    assert [e.key for e in again.closed_like(b"head", lambda _h: fp(4), lambda n, m: True)] == [
+        "7:4"
+    ]
+
+
 def test_crash_leaves_the_reservation(registry: Registry, path: Path) -> None:
     """Without a clean stop the file holds the reservation: a restart resumes past every
     line handed on, never before one."""

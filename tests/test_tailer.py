@@ -209,6 +209,50 @@ def test_copytruncate_reads_the_copy_from_where_it_stopped(h: Harness) -> None:
     assert h.ledger.snapshot().events.get("copy_resumed") == 1
 
 
+@pytest.mark.parametrize("closed_by", ["close_inactive", "max_open_files"])
+def test_copytruncate_of_a_closed_file_reads_the_copy_from_where_it_stopped(
+    harness: MakeHarness, closed_by: str
+) -> None:
+    """A file closed (idle, or to make room for others) and then copytruncated: no reader
+    holds it, but its copy is still the old content of a file we read. The copy is read
+    from where we stopped (once read from 0: every line twice); the new content from 0."""
+    h = harness(close_inactive=0.2 if closed_by == "close_inactive" else 300)
+    log = h.root / "app.log"
+    write(log, *[f"old {i:04d} " + "x" * 40 for i in range(50)])
+    if closed_by == "close_inactive":
+        h.start()
+    else:  # another file is read after it, and only one may be open
+        h.start(max_open_files=1)
+        h.wait(lambda: len(h.sink.lines) >= 50)
+        write(h.root / "other.log", "other")
+    event = "files_closed_inactive" if closed_by == "close_inactive" else "files_closed_for_room"
+    h.wait(lambda: h.ledger.snapshot().events.get(event, 0) >= 1)
+    h.wait_lines(50 + (closed_by == "max_open_files"))
+    shutil.copyfile(log, h.root / "app.log.1")
+    with log.open("r+b") as f:
+        f.truncate(0)
+    h.wait(lambda: h.ledger.snapshot().events.get("copy_resumed") == 1)
+    write(log, "new 0000")
+    got = h.wait_lines(52 if closed_by == "max_open_files" else 51)
+    assert len(got) == len(set(got)), "a line was read twice"
+    assert got[-1] == b"new 0000"
+
+
+def test_a_plain_copy_of_a_closed_file_is_skipped(harness: MakeHarness) -> None:
+    """``cp`` of a file closed idle (the original keeps its content): after ``rotate_wait``
+    the copy is skipped whole and counted, as a copy of an open file is."""
+    h = harness(close_inactive=0.2)
+    log = h.root / "app.log"
+    write(log, *[f"line {i:04d}" for i in range(20)])
+    h.start()
+    h.wait(lambda: h.ledger.snapshot().events.get("files_closed_inactive", 0) >= 1)
+    shutil.copyfile(log, h.root / "backup.log")
+    h.wait(lambda: h.ledger.snapshot().events.get("copy_skipped") == 1)
+    h.settle()
+    assert len(h.sink.lines) == 20
+    assert h.ledger.snapshot().bytes_skipped.get("copy") == log.stat().st_size
+
+
 def test_truncate_without_copy_counts_unread_bytes(h: Harness) -> None:
     """A truncation restarts at 0; nothing twice."""
     log = h.root / "app.log"

@@ -189,7 +189,7 @@ class Copies:
             )
         )
 
-    def _wait(self, path: str, ident: str, size: int) -> bool:
+    def waits(self, path: str, ident: str, size: int) -> bool:
         """True while the copy at ``path`` (identity ``ident``, ``size`` bytes) may wait for
         a truncation: ``rotate_wait`` after it last grew. A copy still being made (slowly,
         on a loaded machine) is never opened at the size it has so far: what it gets next
@@ -271,7 +271,7 @@ class Copies:
                 # it is a plain copy: every byte of it is read from the original.
                 copy = is_copy_of(fd, size, head, r.fd, of_size)
             if copy:
-                if self._wait(path, ident, size):
+                if self.waits(path, ident, size):
                     return DEFER
                 self.skipped(path, size, of=r.path)
                 return size

@@ -330,7 +330,9 @@ class Registry:
         self.max_entries = max_entries
         self._count: Count = count or (lambda _name, _n: None)
         self._entries: dict[str, Entry] = {}
-        self._fp_index: dict[int, dict[str, list[Entry]]] | None = None
+        # Entries whose file is not open (known from disk, or closed in this run), by
+        # fingerprint length and fingerprint: built at the first look, then kept up to date.
+        self._fp_index: dict[int, dict[str, dict[str, Entry]]] | None = None
         self.loaded = False
         self.dirty = False  # an entry starts past 0 and is not saved yet
         self.existed = False  # a registry file was found at load (so this is a restart)
@@ -488,6 +490,7 @@ class Registry:
         Raise RegistryCorruptError (keeping a copy) when no part of it is a registry.
         """
         self.loaded = True
+        self._fp_index = None
         try:
             f = self.path.open("rb")
         except FileNotFoundError:
@@ -551,6 +554,7 @@ class Registry:
             (e for e in self._entries.values() if not (live and e.open)), key=lambda e: e.seen
         )[:over]
         for e in victims:
+            self._unindex(e)
             del self._entries[e.key]
         return len(victims)
 
@@ -572,29 +576,42 @@ class Registry:
         """The entry of the file with identity key ``dev:ino``, if known."""
         return self._entries.get(key)
 
-    def restored_like(
+    def closed_like(
         self,
         head: bytes,
         fingerprint: Callable[[bytes], str],
         comparable: Callable[[int, int], bool],
     ) -> list[Entry]:
-        """Entries known from before this run (or rebuild), whose file was not opened yet,
-        with the fingerprint of a file starting with ``head`` (over a length ``comparable``
-        says may identify it)."""
+        """Entries whose file is not open now (known from before this run or rebuild, or
+        closed in it: inactive, for room), with the fingerprint of a file starting with
+        ``head`` (over a length ``comparable`` says may identify it)."""
         index = self._fp_index
         if index is None:
-            index = {}
+            index = self._fp_index = {}
             for e in self._entries.values():
-                if e.restored and e.fp_len:
-                    index.setdefault(e.fp_len, {}).setdefault(e.fp, []).append(e)
-            self._fp_index = index
+                self._index(e)
         out: list[Entry] = []
         for fp_len, by_fp in index.items():
             if comparable(fp_len, len(head)):
-                for e in by_fp.get(fingerprint(head[:fp_len]), ()):
-                    if e.restored and self._entries.get(e.key) is e:
-                        out.append(e)
+                out.extend(by_fp.get(fingerprint(head[:fp_len]), {}).values())
         return out
+
+    def _index(self, e: Entry) -> None:
+        if self._fp_index is not None and e.fp_len and not e.open:
+            self._fp_index.setdefault(e.fp_len, {}).setdefault(e.fp, {})[e.key] = e
+
+    def _unindex(self, e: Entry) -> None:
+        index = self._fp_index
+        if index is None:
+            return
+        by_fp = index.get(e.fp_len, {})
+        group = by_fp.get(e.fp, {})
+        if group.get(e.key) is e:
+            del group[e.key]
+            if not group:
+                del by_fp[e.fp]
+                if not by_fp:
+                    del index[e.fp_len]
 
     def add(self, *, dev: int, ino: int, fp_len: int, fp: str, path: str, start: int) -> Entry:
         """Track a file not known by its identity; reading starts at ``start``.
@@ -615,6 +632,9 @@ class Registry:
             seen=time.time(),
             restored=False,
         )
+        old = self._entries.get(entry.key)
+        if old is not None:
+            self._unindex(old)
         self._entries[entry.key] = entry
         if start:
             self.dirty = True
@@ -626,6 +646,7 @@ class Registry:
 
     def opened(self, entry: Entry, path: str, now: float) -> None:
         """Note that ``entry``'s file was opened (again) under ``path``."""
+        self._unindex(entry)
         entry.path = path
         entry.seen = now
         entry.restored = False
@@ -639,6 +660,7 @@ class Registry:
         entry.open = False
         entry.closed_size, entry.closed_mtime = size, mtime
         entry.skip = skip
+        self._index(entry)
         # Nothing past exact was handed on: the next save may store exact, not a reservation.
         entry.durable = min(entry.durable, entry.exact)
         entry.want = 0
@@ -661,11 +683,15 @@ class Registry:
 
     def refingerprint(self, entry: Entry, fp_len: int, fp: str) -> None:
         """The file grew past its fingerprint: hash more of it (same identity)."""
+        self._unindex(entry)
         entry.fp_len, entry.fp = fp_len, fp
+        self._index(entry)
 
     def restart(self, entry: Entry, fp_len: int, fp: str) -> None:
         """The file was truncated: start over at offset 0 with new content."""
+        self._unindex(entry)
         entry.fp_len, entry.fp = fp_len, fp
+        self._index(entry)
         entry.exact = 0
         entry.durable = -1  # forces a save (with the new fingerprint) before new lines
         entry.want = 0
@@ -675,6 +701,7 @@ class Registry:
     def forget(self, entry: Entry) -> None:
         """Forget a file that was deleted."""
         if self._entries.get(entry.key) is entry:
+            self._unindex(entry)
             del self._entries[entry.key]
 
     def forget_old(self, now: float, live: set[str]) -> int:
@@ -685,7 +712,7 @@ class Registry:
             if k not in live and now - e.seen > self.forget_after
         ]
         for k in old:
-            del self._entries[k]
+            self._unindex(self._entries.pop(k))
         return len(old)
 
     def commit(self, entry: Entry, exact: int) -> None:

@@ -21,7 +21,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from shipper.chunk import Chunk, Source
 from shipper.config import InputConfig, TailConfig
@@ -632,12 +632,13 @@ class Tailer:
         """Registry entry and start offset for a file not known by this identity; None
         to look again later (a copy of a file being read, or an empty new file)."""
         size = st.st_size
-        copy = self._copies.match(path, f"{st.st_dev}:{st.st_ino}", head, size, fd)
+        ident = f"{st.st_dev}:{st.st_ino}"
+        copy = self._copies.match(path, ident, head, size, fd)
+        if copy is None:
+            copy = self._copy_of_closed(path, ident, head, size, fd)
         if copy == DEFER:
             self._retry.add(path)
             return None
-        if copy is None:
-            copy = self._copy_of_restored(path, head, size, fd)
         if known:
             self._ledger.event("identity_changed")
         first = self._first_seen.get(path)
@@ -659,11 +660,15 @@ class Tailer:
         )  # fmt: skip
         return entry, start, how
 
-    def _copy_of_restored(self, path: str, head: bytes, size: int, fd: int) -> int | None:
-        """Where to start a new file that holds what a file known from the registry held:
-        copytruncate while we were stopped (the original now holds other content: resume
-        where we stopped in it), or a plain copy of it (skip it: the original is read)."""
-        for e in self._registry.restored_like(head, fingerprint, comparable):
+    def _copy_of_closed(
+        self, path: str, ident: str, head: bytes, size: int, fd: int
+    ) -> int | Literal["defer"] | None:
+        """Where to start a new file that holds what a known file not open now held (known
+        from the registry, or closed in this run: inactive, for room). copytruncate while
+        we were stopped or while it was closed: the original now holds other content, so
+        resume where we stopped in it. A copy of it as it is: wait for a truncation (DEFER),
+        then skip it whole (the original is read). None if it is no copy."""
+        for e in self._registry.closed_like(head, fingerprint, comparable):
             try:
                 ofd = os.open(e.path, _OPEN_FLAGS)
             except OSError:
@@ -683,6 +688,8 @@ class Tailer:
                     self._log.info("copy_resumed", path=path, copy_of=e.path, offset=start)
                     return start
                 if is_copy_of(fd, size, head, ofd, ost.st_size):
+                    if self._copies.waits(path, ident, size):
+                        return DEFER
                     self._copies.skipped(path, size, of=e.path)
                     return size
             except OSError:

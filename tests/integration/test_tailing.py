@@ -423,6 +423,49 @@ def test_copytruncate_while_lagging_never_twice(
     assert s.stop() == 0
 
 
+@needs_logrotate
+def test_copytruncate_of_a_file_closed_inactive_never_twice(
+    kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start
+) -> None:
+    """A quiet log is closed (close_inactive), then logrotate copies and truncates it (the
+    nightly rotation of an app that logs rarely). The copy is the old content of a file we
+    read although no reader holds it: it is read from where we stopped (the lines written
+    just before the rotation once, none twice), and the new content from its start."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    log = logs / "app.log"
+    n = 500
+    append(log, [numbered(b"old", i) for i in range(n)])
+    cfg = rotation_config(kafka, topic, tmp_path, logs)
+    cfg["inputs"][0]["close_inactive"] = "1s"
+    s = start_shipper(cfg)
+    s.wait_for(
+        lambda led: led["sent"] == n and led["events"].get("files_closed_inactive", 0) >= 1,
+        30,
+        "the lines read and the quiet file closed",
+    )
+    rot = Logrotate(log, tmp_path, "copytruncate")
+    assert LOGROTATE is not None
+    s.proc.send_signal(signal.SIGSTOP)  # the lines written just before the rotation: unread
+    try:
+        append(log, [numbered(b"old", i) for i in range(n, n + 100)])
+        subprocess.run([LOGROTATE, "-f", "-s", str(rot.state), str(rot.conf)], check=True)
+        assert log.stat().st_size == 0
+    finally:
+        s.proc.send_signal(signal.SIGCONT)
+    # Nothing new in the original yet: only the copy tells of the rotation.
+    s.wait_for(lambda led: led["read"] >= n + 100, 30, "the copy")
+    append(log, [numbered(b"new", i) for i in range(n)])
+    led = settle(s, 2 * n + 100)
+    records = topic_records(kafka, topic, led["sent"])
+    old, new = audit(records, b"old", n + 100), audit(records, b"new", n)
+    print(f"[copytruncate of a closed file] old: {old.figures()} new: {new.figures()}")
+    for a in (old, new):
+        assert (a.duplicates, a.missing, a.foreign) == (0, [], [])
+    assert led["events"].get("copy_resumed") == 1
+    assert s.stop() == 0
+
+
 # -- 4: identity: truncate-then-rewrite and inode reuse -----------------------------------------
 def test_truncate_then_rewrite_past_old_offset(
     kafka: Broker, topic: str, tmp_path: Path, start_shipper: Start
