@@ -398,7 +398,7 @@ def test_orphans_wait_at_least_orphan_keep_and_are_counted_at_stop(
     """A truncated file's identity waits ``ORPHAN_KEEP`` even when ``rotate_wait`` is
     shorter (a loaded machine finds the copy late); ``expire()`` without a time (the
     tailer's stop) counts what every waiting truncation left unread."""
-    c = Copies(1.0, ledger, warn, keep=0.5)
+    c = Copies(1.0, ledger, warn, found_within=0.5)
     a = log_bytes(b"aaaa", 1200)
     c.truncated(HEAD, fingerprint(a[:HEAD]), offset=100, unread=70)
     now = time.monotonic()

@@ -34,6 +34,7 @@ __all__ = [
     "is_copy_of",
     "line_start",
     "same_tail",
+    "starts_as",
 ]
 
 #: ``Copies.match`` result: look at this file again later.
@@ -88,7 +89,7 @@ def same_tail(fd_a: int, fd_b: int, size: int, window: int = 4096) -> bool:
         return False
 
 
-def _starts_as(fd: int, fp_len: int, fp: str) -> bool:
+def starts_as(fd: int, fp_len: int, fp: str) -> bool:
     """True when the file on ``fd`` still starts with the bytes fingerprinted ``fp``."""
     try:
         return fingerprint(os.pread(fd, fp_len, 0)) == fp
@@ -133,12 +134,13 @@ class Copies:
         rotate_wait: float,
         ledger: Ledger,
         warn: Callable[..., None],
-        keep: float | None = None,
+        found_within: float = 0.0,
     ) -> None:
         self._rotate_wait = rotate_wait
-        # How long a truncated file's old identity waits for its copy to turn up (the copy
-        # may be found by a rescan only, and late when the machine is loaded).
-        self._keep = max(rotate_wait, keep or 0.0, ORPHAN_KEEP)
+        # How long a truncated file's old identity waits for its copy: ``rotate_wait`` after
+        # the copy may first be found (``found_within``: by a rescan only, at worst), and at
+        # least ORPHAN_KEEP (a loaded machine finds it late).
+        self._keep = max(rotate_wait + found_within, ORPHAN_KEEP)
         self._ledger = ledger
         self._warn = warn
         self._orphans: list[_Orphan] = []
@@ -172,20 +174,17 @@ class Copies:
         """``path`` was opened: it no longer waits."""
         self._pending.pop(path, None)
 
-    def truncated(
-        self, fp_len: int, fp: str, offset: int, unread: int, keep: float | None = None
-    ) -> None:
+    def truncated(self, fp_len: int, fp: str, offset: int, unread: int) -> None:
         """A file with fingerprint ``fp`` was truncated (or found rewritten) after we read it
-        up to ``offset``, with ``unread`` bytes seen in it but not read; remember it for
-        ``keep`` seconds (at least the default). Copies waiting (``pending``) are to be looked
-        at again now."""
+        up to ``offset``, with ``unread`` bytes seen in it but not read: remember it for its
+        copy. Copies waiting (``pending``) are to be looked at again now."""
         self._orphans.append(
             _Orphan(
                 fp_len=fp_len,
                 fp=fp,
                 offset=offset,
                 lost=unread,
-                expires=time.monotonic() + max(self._keep, keep or 0.0),
+                expires=time.monotonic() + self._keep,
             )
         )
 
@@ -257,7 +256,7 @@ class Copies:
             if (
                 comparable(e.fp_len, len(head))
                 and fingerprint(head[: e.fp_len]) == e.fp
-                and (of_size < max(r.read_off, r.size_seen) or not _starts_as(r.fd, e.fp_len, e.fp))
+                and (of_size < max(r.read_off, r.size_seen) or not starts_as(r.fd, e.fp_len, e.fp))
             ):
                 # It starts like what ``r`` held before a truncation we have not handled
                 # yet (``r`` is shorter than what we saw of it, or already holds other

@@ -28,7 +28,15 @@ from shipper.config import InputConfig, TailConfig
 from shipper.ledger import Ledger
 from shipper.log import RateLimiter
 from shipper.tail.discovery import Changes, ChangeSet, Matcher, Scan, Watcher, base_dir
-from shipper.tail.identity import DEFER, Copies, comparable, fingerprint, is_copy_of, line_start
+from shipper.tail.identity import (
+    DEFER,
+    Copies,
+    comparable,
+    fingerprint,
+    is_copy_of,
+    line_start,
+    starts_as,
+)
 from shipper.tail.reader import FileReader
 from shipper.tail.registry import Entry, Registry, RegistryCorruptError
 
@@ -72,7 +80,10 @@ class Tailer:
         self._changes = ChangeSet()
         self._watcher = Watcher(self._changes, cfg.coalesce)
         self._copies = Copies(
-            cfg.rotate_wait, ledger, self._warn, keep=cfg.rescan_interval + cfg.poll_interval
+            cfg.rotate_wait,
+            ledger,
+            self._warn,
+            found_within=cfg.rescan_interval + cfg.poll_interval,
         )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -591,13 +602,7 @@ class Tailer:
                 # we were away, or while it was closed): its old content may turn up as a
                 # copy (copytruncate while stopped).
                 unread = max((entry.closed_size or entry.exact) - entry.exact, 0)
-                self._copies.truncated(
-                    entry.fp_len,
-                    entry.fp,
-                    entry.exact,
-                    unread,
-                    keep=self._cfg.rotate_wait + self._cfg.rescan_interval,
-                )
+                self._copies.truncated(entry.fp_len, entry.fp, entry.exact, unread)
             found = self._new_entry(path, idx, fd, st, head, known=entry is not None)
             if found is None:
                 os.close(fd)
@@ -677,8 +682,7 @@ class Tailer:
                 ost = os.fstat(ofd)
                 if f"{ost.st_dev}:{ost.st_ino}" != e.key or not stat.S_ISREG(ost.st_mode):
                     continue  # no evidence: the original is gone or was replaced
-                ohead = os.pread(ofd, e.fp_len, 0)
-                if ost.st_size < e.exact or fingerprint(ohead) != e.fp:
+                if ost.st_size < e.exact or not starts_as(ofd, e.fp_len, e.fp):
                     start = min(max(e.exact, e.durable), size)
                     if start > e.exact:  # after a crash: skip what may have been read
                         start, _ = line_start(fd, start, size)
