@@ -306,6 +306,36 @@ def test_copy_of_a_file_truncated_and_rewritten_past_where_we_were_waits(
     assert events(ledger) == {"copy_resumed": 1}
 
 
+def test_a_truncation_during_the_byte_proof_is_seen(
+    tmp_path: Path,
+    ledger: Ledger,
+    warn: Warnings,
+    readers: list[FileReader],
+    new_file: NewFiles,
+) -> None:
+    """copytruncate truncates right after it copies: the truncation may land while the new
+    file is being compared with the original. The proof then fails (the original is empty)
+    although the original was not truncated when looked at just before. The truncation is
+    looked for after the proof, so the copy waits for it instead of being read from its
+    start (a loaded run's state machine saw every line read before twice)."""
+    content = log_bytes(b"app", 2000)
+    c = Copies(5.0, ledger, warn)
+    r = open_reader(readers, ledger, tmp_path / "app.log", content, HEAD, copies=c)
+    copy = new_file("app.log.1", content)
+    proof = identity.is_copy_of
+
+    def truncated_meanwhile(*args: Any) -> bool:
+        os.truncate(r.path, 0)
+        return proof(*args)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(identity, "is_copy_of", truncated_meanwhile)
+        assert match(c, copy) == DEFER
+    c.truncated(r.entry.fp_len, r.entry.fp, offset=len(content), unread=0)
+    assert match(c, copy) == len(content)
+    assert events(ledger) == {"copy_resumed": 1}
+
+
 def test_copy_skipped_after_rotate_wait(
     tmp_path: Path, ledger: Ledger, warn: Warnings, readers: list[FileReader], new_file: NewFiles
 ) -> None:

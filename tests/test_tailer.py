@@ -18,6 +18,7 @@ from shipper.config import InputConfig, TailConfig, build
 from shipper.ledger import Ledger
 from shipper.log import get_logger
 from shipper.tail import Registry, Tailer
+from shipper.tail import tailer as tailer_module
 from tests.support.wait import wait_until
 
 
@@ -234,6 +235,34 @@ def test_copytruncate_of_a_closed_file_reads_the_copy_from_where_it_stopped(
     h.wait(lambda: h.ledger.snapshot().events.get("copy_resumed") == 1)
     write(log, "new 0000")
     got = h.wait_lines(52 if closed_by == "max_open_files" else 51)
+    assert len(got) == len(set(got)), "a line was read twice"
+    assert got[-1] == b"new 0000"
+
+
+def test_a_truncation_during_the_byte_proof_of_a_closed_file_is_seen(
+    harness: MakeHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """copytruncate of a closed file, with the truncation landing while the new file is
+    being compared with the original (not truncated when looked at just before): the copy
+    is still read from where we stopped, not from its start."""
+    h = harness(close_inactive=0.2)
+    log = h.root / "app.log"
+    write(log, *[f"old {i:04d} " + "x" * 40 for i in range(50)])
+    h.start()
+    h.wait(lambda: h.ledger.snapshot().events.get("files_closed_inactive", 0) >= 1)
+    h.wait_lines(50)
+    proof = tailer_module.is_copy_of
+
+    def truncated_meanwhile(*args: Any) -> bool:
+        if log.stat().st_size:
+            os.truncate(log, 0)
+        return proof(*args)
+
+    monkeypatch.setattr(tailer_module, "is_copy_of", truncated_meanwhile)
+    shutil.copyfile(log, h.root / "app.log.1")
+    h.wait(lambda: h.ledger.snapshot().events.get("copy_resumed") == 1)
+    write(log, "new 0000")
+    got = h.wait_lines(51)
     assert len(got) == len(set(got)), "a line was read twice"
     assert got[-1] == b"new 0000"
 

@@ -97,6 +97,15 @@ def starts_as(fd: int, fp_len: int, fp: str) -> bool:
         return True  # no evidence that it changed
 
 
+def _truncated_since(fd: int, seen: int, fp_len: int, fp: str) -> bool:
+    """True when the file on ``fd``, of which we saw ``seen`` bytes starting with the bytes
+    fingerprinted ``fp``, is now shorter or starts otherwise (truncated, maybe rewritten)."""
+    try:
+        return os.fstat(fd).st_size < seen or not starts_as(fd, fp_len, fp)
+    except OSError:
+        return False
+
+
 def is_copy_of(fd: int, size: int, head: bytes, of_fd: int, of_size: int) -> bool:
     """True when the file on ``fd`` (``size`` bytes starting with ``head``) holds what the
     file on ``of_fd`` holds in its first ``size`` bytes: the same beginning, no longer, and
@@ -253,22 +262,22 @@ class Copies:
             except OSError:
                 continue
             e = r.entry
+            # A copy of a file we are reading (copytruncate's first step): wait for the
+            # truncation so the copy is read exactly from where we stopped. Without one, it
+            # is a plain copy: every byte of it is read from the original.
+            copy = is_copy_of(fd, size, head, r.fd, of_size)
             if (
-                comparable(e.fp_len, len(head))
+                not copy
+                and comparable(e.fp_len, len(head))
                 and fingerprint(head[: e.fp_len]) == e.fp
-                and (of_size < max(r.read_off, r.size_seen) or not starts_as(r.fd, e.fp_len, e.fp))
             ):
                 # It starts like what ``r`` held before a truncation we have not handled
-                # yet (``r`` is shorter than what we saw of it, or already holds other
-                # bytes: truncated and written past where we were, when we lag): the
-                # truncation turns it into a known orphan in a moment. Should that not
-                # come, it is still the old content of a file we read: never read twice.
-                copy = True
-            else:
-                # A copy of a file we are reading (copytruncate's first step): wait for the
-                # truncation so the copy is read exactly from where we stopped. Without one,
-                # it is a plain copy: every byte of it is read from the original.
-                copy = is_copy_of(fd, size, head, r.fd, of_size)
+                # yet: ``r`` is shorter than what we saw of it, or already holds other bytes
+                # (truncated and written past where we were, when we lag). The truncation
+                # turns it into a known orphan in a moment. Should that not come, it is
+                # still the old content of a file we read: never read twice. Looked at
+                # after the byte proof, so a truncation during the proof is seen here.
+                copy = _truncated_since(r.fd, max(r.read_off, r.size_seen), e.fp_len, e.fp)
             if copy:
                 if self.waits(path, ident, size):
                     return DEFER

@@ -682,7 +682,13 @@ class Tailer:
                 ost = os.fstat(ofd)
                 if f"{ost.st_dev}:{ost.st_ino}" != e.key or not stat.S_ISREG(ost.st_mode):
                     continue  # no evidence: the original is gone or was replaced
-                if ost.st_size < e.exact or not starts_as(ofd, e.fp_len, e.fp):
+                if is_copy_of(fd, size, head, ofd, ost.st_size):
+                    if self._copies.waits(path, ident, size):
+                        return DEFER
+                    self._copies.skipped(path, size, of=e.path)
+                    return size
+                # Looked at after the byte proof, so a truncation during the proof is seen.
+                if os.fstat(ofd).st_size < e.exact or not starts_as(ofd, e.fp_len, e.fp):
                     start = min(max(e.exact, e.durable), size)
                     if start > e.exact:  # after a crash: skip what may have been read
                         start, _ = line_start(fd, start, size)
@@ -691,11 +697,6 @@ class Tailer:
                     self._ledger.skipped_bytes("copy_resumed", start)
                     self._log.info("copy_resumed", path=path, copy_of=e.path, offset=start)
                     return start
-                if is_copy_of(fd, size, head, ofd, ost.st_size):
-                    if self._copies.waits(path, ident, size):
-                        return DEFER
-                    self._copies.skipped(path, size, of=e.path)
-                    return size
             except OSError:
                 continue
             finally:
