@@ -204,6 +204,44 @@ def test_line_start_across_long_lines(tmp_path: Path) -> None:
 
 
 # -- Copies ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("original_now", "want"),
+    [
+        (b"same", "copy"),  # copied, not truncated yet
+        (b"", "truncated"),  # copied, then truncated
+        (b"rewritten", "truncated"),  # truncated and written past where we were
+        (b"longer", "copy"),  # copied, and the app went on writing
+        (b"unrelated", None),  # another file that happens to share nothing
+    ],
+)
+def test_original_of(tmp_path: Path, original_now: bytes, want: str | None) -> None:
+    """How a new file relates to a known one: a copy of what it holds now, of what it held
+    before a truncation, or neither."""
+    content = log_bytes(b"app", 3000)
+    seen = len(content)
+    now = {
+        b"same": content,
+        b"": b"",
+        b"rewritten": log_bytes(b"new", 4000),
+        b"longer": content + log_bytes(b"more", 500),
+        b"unrelated": log_bytes(b"zzz", 3000),
+    }[original_now]
+    (tmp_path / "app.log").write_bytes(now)
+    (tmp_path / "app.log.1").write_bytes(content if want is not None else log_bytes(b"cpy", 3000))
+    fd = os.open(tmp_path / "app.log.1", os.O_RDONLY)
+    of_fd = os.open(tmp_path / "app.log", os.O_RDONLY)
+    try:
+        head = os.pread(fd, HEAD, 0)
+        got = identity.original_of(
+            fd, os.fstat(fd).st_size, head, of_fd, seen=seen, fp_len=HEAD,
+            fp=fingerprint(content[:HEAD]),
+        )  # fmt: skip
+    finally:
+        os.close(fd)
+        os.close(of_fd)
+    assert got == want
+
+
 def test_empty_file_defers(ledger: Ledger, warn: Warnings, new_file: NewFiles) -> None:
     """An empty new file has no identity yet: look again later (it may be a copy)."""
     c = Copies(5.0, ledger, warn)

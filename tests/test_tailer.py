@@ -17,8 +17,7 @@ from shipper.chunk import Chunk
 from shipper.config import InputConfig, TailConfig, build
 from shipper.ledger import Ledger
 from shipper.log import get_logger
-from shipper.tail import Registry, Tailer
-from shipper.tail import tailer as tailer_module
+from shipper.tail import Registry, Tailer, identity
 from tests.support.wait import wait_until
 
 
@@ -251,14 +250,14 @@ def test_a_truncation_during_the_byte_proof_of_a_closed_file_is_seen(
     h.start()
     h.wait(lambda: h.ledger.snapshot().events.get("files_closed_inactive", 0) >= 1)
     h.wait_lines(50)
-    proof = tailer_module.is_copy_of
+    proof = identity.is_copy_of
 
     def truncated_meanwhile(*args: Any) -> bool:
         if log.stat().st_size:
             os.truncate(log, 0)
         return proof(*args)
 
-    monkeypatch.setattr(tailer_module, "is_copy_of", truncated_meanwhile)
+    monkeypatch.setattr(identity, "is_copy_of", truncated_meanwhile)
     shutil.copyfile(log, h.root / "app.log.1")
     h.wait(lambda: h.ledger.snapshot().events.get("copy_resumed") == 1)
     write(log, "new 0000")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,19 +24,25 @@ from shipper.ledger import Ledger
 
 if TYPE_CHECKING:
     from shipper.tail.reader import FileReader
+    from shipper.tail.registry import Entry, Registry
 
 __all__ = [
     "DEFER",
     "MIN_PREFIX",
+    "OPEN_FLAGS",
     "ORPHAN_KEEP",
     "Copies",
     "comparable",
     "fingerprint",
     "is_copy_of",
     "line_start",
+    "original_of",
     "same_tail",
     "starts_as",
 ]
+
+#: How log files are opened: never as a controlling terminal, never blocking on a FIFO.
+OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
 
 #: ``Copies.match`` result: look at this file again later.
 DEFER: Literal["defer"] = "defer"
@@ -121,6 +128,33 @@ def is_copy_of(fd: int, size: int, head: bytes, of_fd: int, of_size: int) -> boo
     return size <= len(head) or same_tail(fd, of_fd, size)
 
 
+def original_of(
+    fd: int, size: int, head: bytes, of_fd: int, *, seen: int, fp_len: int, fp: str
+) -> Literal["copy", "truncated"] | None:
+    """How a new file (on ``fd``, ``size`` bytes starting with ``head``) relates to a known
+    file on ``of_fd``, of which we saw ``seen`` bytes starting with the bytes fingerprinted
+    ``fp``: ``"copy"`` when it holds what the known file holds now (copytruncate's copy,
+    made, not yet truncated), ``"truncated"`` when it starts like what the known file held
+    before it was truncated or rewritten since, None when neither.
+
+    The byte proof comes first and the truncation is looked for after it, with a fresh
+    ``fstat``: copytruncate truncates right after it copies, and a truncation landing between
+    two looks in the other order would fail both (the copy then read from 0, twice)."""
+    try:
+        of_size = os.fstat(of_fd).st_size
+    except OSError:
+        return None
+    if is_copy_of(fd, size, head, of_fd, of_size):
+        return "copy"
+    if (
+        comparable(fp_len, len(head))
+        and fingerprint(head[:fp_len]) == fp
+        and _truncated_since(of_fd, seen, fp_len, fp)
+    ):
+        return "truncated"
+    return None
+
+
 @dataclass(slots=True)
 class _Orphan:
     """The identity a file had before it was truncated (or rewritten while we were away),
@@ -135,15 +169,19 @@ class _Orphan:
 
 class Copies:
     """Remembers truncated files so that copytruncate's copy is read from where we stopped,
-    and recognises copies of files being read. Every byte not read because it was read
-    from the original is counted (``bytes_skipped``)."""
+    and recognises copies of known files, open (being read) or not (closed, or known from
+    the registry on disk). Every byte not read because it was read from the original is
+    counted (``bytes_skipped``)."""
 
     def __init__(
         self,
         rotate_wait: float,
         ledger: Ledger,
         warn: Callable[..., None],
+        *,
         found_within: float = 0.0,
+        registry: Registry | None = None,
+        info: Callable[..., None] | None = None,
     ) -> None:
         self._rotate_wait = rotate_wait
         # How long a truncated file's old identity waits for its copy: ``rotate_wait`` after
@@ -152,6 +190,8 @@ class Copies:
         self._keep = max(rotate_wait + found_within, ORPHAN_KEEP)
         self._ledger = ledger
         self._warn = warn
+        self._info = info or (lambda *_a, **_k: None)
+        self._registry = registry  # files known but not open, for copies made while closed
         self._orphans: list[_Orphan] = []
         # A copy being made, by path: its identity (a path is reused by the next rotation)
         # and size, and when to stop waiting for its original's truncation.
@@ -218,9 +258,11 @@ class Copies:
         ``size`` bytes starting with ``head``) that may be a copy of a known one: an offset,
         ``DEFER`` to look again later, or None when it is no copy.
 
-        Only open files that start with the same ``_INDEX_BYTES`` are candidates (so a new
-        file costs the same however many files are open). Not found so: a copy shorter than
-        that of a file that has grown past it since.
+        Looked for, in order: a file truncated lately (its copy is read from where we
+        stopped), an open file, a file known but not open now. Only files that start with
+        the same ``_INDEX_BYTES`` (open) or the same fingerprint (not open) are candidates,
+        so a new file costs the same however many files are known. Not found so: a copy
+        shorter than that of a file that has grown past it since.
         """
         if not head:
             # Nothing to tell it by yet (copytruncate's copy is empty when created): look
@@ -229,7 +271,10 @@ class Copies:
         start = self._orphan_start(head, size)
         if start is not None:
             return start
-        return self._copy_of_open(path, ident, head, size, fd)
+        found = self._copy_of_open(path, ident, head, size, fd)
+        if found is None:
+            found = self._copy_of_closed(path, ident, head, size, fd)
+        return found
 
     def _orphan_start(self, head: bytes, size: int) -> int | None:
         """Where to read a copy of a file truncated lately; None if it is none."""
@@ -252,38 +297,70 @@ class Copies:
     def _copy_of_open(
         self, path: str, ident: str, head: bytes, size: int, fd: int
     ) -> int | Literal["defer"] | None:
-        """Where to read a copy of a file open now: wait for its truncation (DEFER), or
+        """Where to read a copy of a file open now: wait for its truncation (DEFER), then
         skip it whole; None if it is none."""
         for r in list(self._index.get(head[:_INDEX_BYTES], ())):
             if r.rotated or r.path == path:
                 continue
-            try:
-                of_size = os.fstat(r.fd).st_size
-            except OSError:
-                continue
             e = r.entry
             # A copy of a file we are reading (copytruncate's first step): wait for the
-            # truncation so the copy is read exactly from where we stopped. Without one, it
-            # is a plain copy: every byte of it is read from the original.
-            copy = is_copy_of(fd, size, head, r.fd, of_size)
-            if (
-                not copy
-                and comparable(e.fp_len, len(head))
-                and fingerprint(head[: e.fp_len]) == e.fp
+            # truncation so the copy is read exactly from where we stopped. A copy of what
+            # ``r`` held before a truncation we have not handled yet: that truncation turns
+            # it into an orphan in a moment. Should neither come, it is a plain copy, or the
+            # old content of a file we read: every byte of it was read from the original.
+            if original_of(
+                fd, size, head, r.fd, seen=max(r.read_off, r.size_seen), fp_len=e.fp_len, fp=e.fp
             ):
-                # It starts like what ``r`` held before a truncation we have not handled
-                # yet: ``r`` is shorter than what we saw of it, or already holds other bytes
-                # (truncated and written past where we were, when we lag). The truncation
-                # turns it into a known orphan in a moment. Should that not come, it is
-                # still the old content of a file we read: never read twice. Looked at
-                # after the byte proof, so a truncation during the proof is seen here.
-                copy = _truncated_since(r.fd, max(r.read_off, r.size_seen), e.fp_len, e.fp)
-            if copy:
                 if self.waits(path, ident, size):
                     return DEFER
                 self.skipped(path, size, of=r.path)
                 return size
         return None
+
+    def _copy_of_closed(
+        self, path: str, ident: str, head: bytes, size: int, fd: int
+    ) -> int | Literal["defer"] | None:
+        """Where to read a copy of a file known but not open now (from the registry on
+        disk, or closed in this run: inactive, for room). copytruncate while we were stopped
+        or while it was closed: the original holds other content now, so the copy is read
+        from where we stopped in it. A copy of it as it is: wait for a truncation (DEFER),
+        then skip it whole (the original is read). None if it is none."""
+        if self._registry is None:
+            return None
+        for e in self._registry.closed_like(head, fingerprint, comparable):
+            try:
+                ofd = os.open(e.path, OPEN_FLAGS)
+            except OSError:
+                continue
+            try:
+                ost = os.fstat(ofd)
+                if f"{ost.st_dev}:{ost.st_ino}" != e.key or not stat.S_ISREG(ost.st_mode):
+                    continue  # no evidence: the original is gone or was replaced
+                how = original_of(fd, size, head, ofd, seen=e.exact, fp_len=e.fp_len, fp=e.fp)
+                if how == "copy":
+                    if self.waits(path, ident, size):
+                        return DEFER
+                    self.skipped(path, size, of=e.path)
+                    return size
+                if how == "truncated":
+                    return self._resume(path, fd, size, e)
+            except OSError:
+                continue
+            finally:
+                os.close(ofd)
+        return None
+
+    def _resume(self, path: str, fd: int, size: int, e: Entry) -> int:
+        """Where to read the copy on ``fd`` (``size`` bytes) of the file known as ``e``: where
+        we stopped in it, and after a crash past what may have been read."""
+        start = min(max(e.exact, e.durable), size)
+        if start > e.exact:  # after a crash: skip what may have been read
+            start, _ = line_start(fd, start, size)
+            self._ledger.lost_bytes("lost_on_crash", max(start - e.exact, 0))
+        self._ledger.event("copy_resumed")
+        self._ledger.skipped_bytes("copy_resumed", start)
+        self._info("copy_resumed", path=path, copy_of=e.path, offset=start)
+        return start
 
     def skipped(self, path: str, size: int, of: str) -> None:
         """Count a copy of a known file not read (its bytes are read from ``of``)."""

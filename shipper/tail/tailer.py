@@ -21,7 +21,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 from shipper.chunk import Chunk, Source
 from shipper.config import InputConfig, TailConfig
@@ -30,12 +30,10 @@ from shipper.log import RateLimiter
 from shipper.tail.discovery import Changes, ChangeSet, Matcher, Scan, Watcher, base_dir
 from shipper.tail.identity import (
     DEFER,
+    OPEN_FLAGS,
     Copies,
-    comparable,
     fingerprint,
-    is_copy_of,
     line_start,
-    starts_as,
 )
 from shipper.tail.reader import FileReader
 from shipper.tail.registry import Entry, Registry, RegistryCorruptError
@@ -47,7 +45,6 @@ Put = Callable[[Chunk], None]
 WaitForRoom = Callable[[float], bool]
 
 _ROOM_WAIT = 0.1  # longest wait for queue room before looking at the files again
-_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
 _MAX_REMEMBERED = 100_000  # bound of the per-path memories below (cleared when exceeded)
 
 
@@ -84,6 +81,8 @@ class Tailer:
             ledger,
             self._warn,
             found_within=cfg.rescan_interval + cfg.poll_interval,
+            registry=registry,
+            info=log.info,
         )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -438,7 +437,7 @@ class Tailer:
             self._retry.add(path)
             return
         try:
-            fd = os.open(path, _OPEN_FLAGS)
+            fd = os.open(path, OPEN_FLAGS)
         except OSError as exc:
             self._remember_unopened(path, st.st_size)
             if isinstance(exc, FileNotFoundError):
@@ -639,8 +638,6 @@ class Tailer:
         size = st.st_size
         ident = f"{st.st_dev}:{st.st_ino}"
         copy = self._copies.match(path, ident, head, size, fd)
-        if copy is None:
-            copy = self._copy_of_closed(path, ident, head, size, fd)
         if copy == DEFER:
             self._retry.add(path)
             return None
@@ -664,44 +661,6 @@ class Tailer:
             start=start,
         )  # fmt: skip
         return entry, start, how
-
-    def _copy_of_closed(
-        self, path: str, ident: str, head: bytes, size: int, fd: int
-    ) -> int | Literal["defer"] | None:
-        """Where to start a new file that holds what a known file not open now held (known
-        from the registry, or closed in this run: inactive, for room). copytruncate while
-        we were stopped or while it was closed: the original now holds other content, so
-        resume where we stopped in it. A copy of it as it is: wait for a truncation (DEFER),
-        then skip it whole (the original is read). None if it is no copy."""
-        for e in self._registry.closed_like(head, fingerprint, comparable):
-            try:
-                ofd = os.open(e.path, _OPEN_FLAGS)
-            except OSError:
-                continue
-            try:
-                ost = os.fstat(ofd)
-                if f"{ost.st_dev}:{ost.st_ino}" != e.key or not stat.S_ISREG(ost.st_mode):
-                    continue  # no evidence: the original is gone or was replaced
-                if is_copy_of(fd, size, head, ofd, ost.st_size):
-                    if self._copies.waits(path, ident, size):
-                        return DEFER
-                    self._copies.skipped(path, size, of=e.path)
-                    return size
-                # Looked at after the byte proof, so a truncation during the proof is seen.
-                if os.fstat(ofd).st_size < e.exact or not starts_as(ofd, e.fp_len, e.fp):
-                    start = min(max(e.exact, e.durable), size)
-                    if start > e.exact:  # after a crash: skip what may have been read
-                        start, _ = line_start(fd, start, size)
-                        self._ledger.lost_bytes("lost_on_crash", max(start - e.exact, 0))
-                    self._ledger.event("copy_resumed")
-                    self._ledger.skipped_bytes("copy_resumed", start)
-                    self._log.info("copy_resumed", path=path, copy_of=e.path, offset=start)
-                    return start
-            except OSError:
-                continue
-            finally:
-                os.close(ofd)
-        return None
 
     def _resume_at(self, entry: Entry, fd: int, size: int) -> tuple[int, bool]:
         """Where to resume a file known from the registry on disk; True if inside a line."""
