@@ -8,6 +8,7 @@ failed.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -94,12 +95,29 @@ def _health(listen: str, timeout: float) -> int:
     return EXIT_OK if code == 200 else EXIT_FAILURE
 
 
+def _standard_fds() -> None:
+    """Put /dev/null on descriptors 0, 1 and 2 if they were closed when we were started
+    (``shipper run >&-``). Otherwise the next file or socket opened takes the lowest free
+    number, and anything written to "stdout" or "stderr" (by us, a library, the interpreter)
+    would land in a log file's descriptor or in the Kafka connection. Python has already
+    set ``sys.stdout`` (``sys.stderr``) to None for a closed one: our log lines are then
+    dropped and counted, not written to /dev/null."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)  # the lowest free number: ``fd`` itself
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
 def _say(text: str) -> None:
     """One line on stderr; a closed or broken stderr is no reason to fail."""
     try:
         sys.stderr.write(text + "\n")
         sys.stderr.flush()
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):  # AttributeError: started with 2 closed
         pass
 
 
@@ -145,6 +163,7 @@ def _run(cfg: Config, path: str) -> int:
     from shipper.daemon import Daemon  # noqa: PLC0415
     from shipper.log import configure  # noqa: PLC0415
 
+    _standard_fds()
     configure(cfg.log.level, cfg.log.format)
     try:
         return Daemon(cfg, path).run()

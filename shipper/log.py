@@ -33,12 +33,16 @@ class SafeLogger:
 
     def __init__(self, file: TextIO | None = None) -> None:
         self._file = file if file is not None else sys.stdout
-        try:
-            self._fd: int | None = self._file.fileno()
-        except (OSError, ValueError):  # not backed by a descriptor (a test's capture)
-            self._fd = None
+        self._fd: int | None = None
+        # The reader is gone for good (EPIPE), or there never was one (``sys.stdout`` is
+        # None when the daemon was started with descriptor 1 closed): stop trying.
+        self._broken = self._file is None
+        if self._file is not None:
+            try:
+                self._fd = self._file.fileno()
+            except (OSError, ValueError):  # not backed by a descriptor (a test's capture)
+                self._fd = None
         self._lock = threading.Lock()
-        self._broken = False  # the reader is gone for good (EPIPE): stop trying
 
     def _out(self, message: str) -> None:
         global _dropped  # noqa: PLW0603  # one process-wide counter, read by /metrics

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -47,6 +48,17 @@ def test_a_closed_file_object_drops_and_counts() -> None:
     before = log_lines_dropped()
     logger.info("lost")
     assert log_lines_dropped() - before == 1
+
+
+def test_no_stdout_at_all_drops_and_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Started with descriptor 1 closed, Python sets ``sys.stdout`` to None: every line is
+    dropped and counted, none raises."""
+    monkeypatch.setattr(sys, "stdout", None)
+    logger = SafeLogger()
+    before = log_lines_dropped()
+    logger.info("lost")
+    logger.error("lost too")
+    assert log_lines_dropped() - before == 2
 
 
 def test_lines_are_written_whole(tmp_path: Path) -> None:

@@ -321,47 +321,74 @@ def answers(url: str) -> bool:
         return False
 
 
-def test_closed_stdout_drops_log_lines_not_the_daemon(
-    kafka: Broker, topic: str, tmp_path: Path
-) -> None:
-    """``shipper run ... | head -1``: once stdout is closed, log lines are dropped and
-    counted (``shipper_log_lines_dropped_total``); every thread ships on, and SIGTERM still
-    drains and exits 0."""
+def one_input(kafka: Broker, topic: str, tmp_path: Path) -> tuple[Path, Path, str]:
+    """A config file for one input, ``logs/*.log``: the log to write, the config, /metrics."""
     logs = tmp_path / "logs"
     logs.mkdir()
-    log = logs / "app.log"
     cfg = base_config(kafka, topic, tmp_path, [str(logs / "*.log")])
     conf = tmp_path / "shipper.yaml"
     conf.write_text(yaml.safe_dump(cfg))
-    url = f"http://{cfg['metrics']['listen']}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shipper", "run", "-c", str(conf)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        cwd=ROOT,
-    )
+    return logs / "app.log", conf, f"http://{cfg['metrics']['listen']}"
+
+
+def ships_without_its_logs(
+    proc: subprocess.Popen[bytes], kafka: Broker, topic: str, *, log: Path, url: str, tag: bytes
+) -> None:
+    """The shipper ``proc``, whose log lines have nowhere to go, ships 1000 lines exactly
+    once, counts the log lines it dropped, balances its ledger and exits 0 on SIGTERM."""
     try:
-        assert proc.stdout is not None
-        first = json.loads(proc.stdout.readline())  # what `head -1` shows
-        assert first["event"] in ("sender_started", "shipper_started")
-        proc.stdout.close()  # ... and then `head` exits
         wait_until(lambda: answers(url), 30, "/health")
-        append(log, [numbered(b"p", i) for i in range(1000)])
+        append(log, [numbered(tag, i) for i in range(1000)])
         wait_until(
             lambda: scrape(url).get("shipper_lines_sent_total") == 1000, 30, "1000 lines sent"
         )
         m = scrape(url)
         assert m["shipper_log_lines_dropped_total"] >= 1  # file_opened at least
-        led = ledger_from_metrics(m)
-        assert ledger_balances(led)
+        assert ledger_balances(ledger_from_metrics(m))
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-    a = audit(topic_records(kafka, topic, 1000), b"p", 1000)
+    a = audit(topic_records(kafka, topic, 1000), tag, 1000)
     assert (a.duplicates, a.missing, a.foreign) == (0, [], [])
+
+
+def test_closed_stdout_drops_log_lines_not_the_daemon(
+    kafka: Broker, topic: str, tmp_path: Path
+) -> None:
+    """``shipper run ... | head -1``: once stdout is closed, log lines are dropped and
+    counted (``shipper_log_lines_dropped_total``); every thread ships on, and SIGTERM still
+    drains and exits 0."""
+    log, conf, url = one_input(kafka, topic, tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shipper", "run", "-c", str(conf)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    first = json.loads(proc.stdout.readline())  # what `head -1` shows
+    assert first["event"] in ("sender_started", "shipper_started")
+    proc.stdout.close()  # ... and then `head` exits
+    ships_without_its_logs(proc, kafka, topic, log=log, url=url, tag=b"p")
+
+
+def test_started_with_stdout_and_stderr_closed(kafka: Broker, topic: str, tmp_path: Path) -> None:
+    """``shipper run ... >&- 2>&-``: Python has no ``sys.stdout`` then. The daemon starts,
+    ships, drops and counts its log lines, and keeps descriptors 1 and 2 off its log files
+    and its Kafka connection (/dev/null on them); SIGTERM exits 0."""
+    log, conf, url = one_input(kafka, topic, tmp_path)
+    proc = subprocess.Popen(
+        ["sh", "-c", 'exec "$0" -m shipper run -c "$1" >&- 2>&-', sys.executable, str(conf)],
+        stdin=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    wait_until(lambda: answers(url) or proc.poll() is not None, 30, "/health")
+    fds = {fd: os.readlink(f"/proc/{proc.pid}/fd/{fd}") for fd in (1, 2) if proc.poll() is None}
+    ships_without_its_logs(proc, kafka, topic, log=log, url=url, tag=b"c")
+    assert fds == {1: os.devnull, 2: os.devnull}
 
 
 # -- worker threads that die -------------------------------------------------------------------
